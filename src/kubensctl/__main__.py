@@ -1,0 +1,5 @@
+import sys
+
+from kubensctl.cli import main
+
+sys.exit(main())
