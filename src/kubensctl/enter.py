@@ -1,0 +1,216 @@
+"""kubensenter: run a command, or a shell, inside the Kubernetes mount namespace.
+
+Usage: kubensenter [-h|--help] [-v|--verbose] [-q|--quiet] [--] [COMMAND [ARG...]]
+
+With KUBENSMNT set, join the namespace it names. Without it, look for the kubens.service pin at
+$DEFAULT_KUBENSMNT (default /run/kubens/mnt) and join it when it is there; otherwise run in the
+current mount namespace, so this is safe to use whether or not encapsulation is enabled.
+No COMMAND starts $SHELL (or /bin/sh). COMMAND replaces this process (exec), so systemd's
+Type=notify and main-PID tracking keep working for units that run through kubensenter.
+
+Environment:
+  KUBENSMNT          namespace file to join (set by /run/kubens/env)
+  DEFAULT_KUBENSMNT  where to autodetect the pin (default /run/kubens/mnt)
+  KUBENSENTER_LOG    0 quiet, 1 default, 2 verbose; -v and -q move it
+
+Exit status: the COMMAND's own; 1 when the namespace cannot be joined, 2 on bad usage,
+126 when COMMAND is not executable, 127 when it is not found.
+
+This file is self-contained and imports only the standard library: `kubensctl install` lays it on
+nodes as /usr/local/bin/kubensenter, run by the system python3 in isolated mode. It is on the path of
+every kubelet and runtime start, so it avoids the mount table (one open, one ioctl) and ctypes where
+the interpreter has os.setns (Python >= 3.12).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, NoReturn, Optional, Sequence
+
+DEFAULT_KUBENSMNT = "/run/kubens/mnt"
+CLONE_NEWNS = 0x00020000  # include/uapi/linux/sched.h
+NS_GET_NSTYPE = 0xB703  # include/uapi/linux/nsfs.h: _IO(0xb7, 0x3)
+_NS_NAMES = {
+    0x00020000: "mount",
+    0x02000000: "cgroup",
+    0x04000000: "uts",
+    0x08000000: "ipc",
+    0x10000000: "user",
+    0x20000000: "pid",
+    0x40000000: "network",
+    0x00000080: "time",
+}
+
+QUIET, DEFAULT, VERBOSE = 0, 1, 2
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 1, 2, 126, 127
+
+
+class Fail(Exception):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Log:
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def __call__(self, level: int, message: str) -> None:
+        if self.level >= level:
+            sys.stderr.write(f"kubensenter: {message}\n")
+
+
+def _setns(fd: int, path: str) -> None:
+    native = getattr(os, "setns", None)
+    if native is not None:
+        native(fd, CLONE_NEWNS)
+        return
+    # Python < 3.12 (RHEL 9's 3.9, Debian 12's 3.11): call libc. Imported here, not at the top,
+    # so the common "nothing to join" path never pays for ctypes.
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+    libc.setns.restype = ctypes.c_int
+    if libc.setns(fd, CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+
+
+def _nstype(fd: int) -> Optional[int]:
+    import fcntl
+
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return None  # ENOTTY: not an nsfs file
+
+
+def _open(path: str, explicit: bool, log: _Log) -> Optional[int]:
+    """fd of the mount namespace to join, or None to stay in the current one."""
+    source = "KUBENSMNT" if explicit else "Autodetect"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if explicit:
+            raise Fail(f"KUBENSMNT={path} does not exist (start kubens.service, or unset KUBENSMNT)") from None
+        log(VERBOSE, f"Autodetect: no namespace at {path}; running in the current mount namespace")
+        return None
+    except PermissionError:
+        raise Fail(f"cannot open {path}: permission denied (run as root: sudo kubensenter ...)") from None
+    except OSError as e:
+        raise Fail(f"cannot open {path}: {e.strerror}") from None
+    kind = _nstype(fd)
+    if kind == CLONE_NEWNS:
+        if explicit:
+            log(VERBOSE, f"joining the mount namespace at {path} (from KUBENSMNT)")
+        else:
+            log(DEFAULT, f"Autodetect: kubens.service namespace found at {path}")
+        return fd
+    os.close(fd)
+    if kind is None:
+        # A stale env file must never keep kubelet from starting: warn and carry on.
+        log(DEFAULT, f"{source}: {path} is not a mounted namespace; running in the current mount namespace")
+        return None
+    name = _NS_NAMES.get(kind, hex(kind))
+    if explicit:
+        raise Fail(
+            f"KUBENSMNT={path} is a {name} namespace, not a mount namespace "
+            f"(point KUBENSMNT at the kubens pin, e.g. {DEFAULT_KUBENSMNT})"
+        )
+    log(DEFAULT, f"Autodetect: {path} is a {name} namespace, not a mount namespace; running in the current one")
+    return None
+
+
+def _join(fd: int, path: str, log: _Log) -> None:
+    try:
+        if os.fstat(fd).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+            log(VERBOSE, f"already in the mount namespace at {path}")
+            return
+        cwd: Optional[str]
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            cwd = None
+        try:
+            _setns(fd, path)
+        except PermissionError:
+            raise Fail(
+                f"cannot join the mount namespace at {path}: permission denied (run as root: sudo kubensenter ...)"
+            ) from None
+        except OSError as e:
+            raise Fail(f"cannot join the mount namespace at {path}: {e.strerror}") from None
+        # setns(2) moves the working directory to the namespace's root; keep the caller's.
+        if cwd is not None:
+            try:
+                os.chdir(cwd)
+            except OSError:
+                log(VERBOSE, f"{cwd} does not exist in the namespace; working directory is /")
+    finally:
+        os.close(fd)
+
+
+def _usage() -> str:
+    return (__doc__ or "").split("\n\nThis file", 1)[0].strip() + "\n"
+
+
+def _parse(argv: Sequence[str], log: _Log) -> List[str]:
+    args = list(argv)
+    while args:
+        a = args[0]
+        if a == "--":
+            return args[1:]
+        if a in ("-h", "--help"):
+            sys.stdout.write(_usage())
+            raise SystemExit(0)
+        if a in ("-v", "--verbose"):
+            log.level += 1
+        elif a in ("-q", "--quiet"):
+            log.level = QUIET
+        elif a.startswith("-") and a != "-":
+            raise Fail(f"unknown option {a} (see kubensenter --help)", EXIT_USAGE)
+        else:
+            return args
+        args.pop(0)
+    return args
+
+
+def _exec(command: List[str], log: _Log) -> NoReturn:
+    log(VERBOSE, f"exec {' '.join(command)}")
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvp(command[0], command)
+    except FileNotFoundError:
+        raise Fail(f"{command[0]}: command not found", EXIT_NOT_FOUND) from None
+    except PermissionError:
+        raise Fail(f"{command[0]}: permission denied (not executable)", EXIT_NOT_EXECUTABLE) from None
+    except OSError as e:
+        raise Fail(f"{command[0]}: cannot execute: {e.strerror}", EXIT_NOT_EXECUTABLE) from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    env = os.environ
+    try:
+        level = int(env.get("KUBENSENTER_LOG", DEFAULT))
+    except ValueError:
+        level = DEFAULT
+    log = _Log(level)
+    try:
+        command = _parse(sys.argv[1:] if argv is None else argv, log)
+        explicit = env.get("KUBENSMNT", "")
+        path = explicit or env.get("DEFAULT_KUBENSMNT", "") or DEFAULT_KUBENSMNT
+        fd = _open(path, bool(explicit), log)
+        if fd is not None:
+            _join(fd, path, log)
+        if not command:
+            command = [env.get("SHELL") or "/bin/sh"]
+        _exec(command, log)
+    except Fail as e:
+        sys.stderr.write(f"kubensenter: {e}\n")
+        return e.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
