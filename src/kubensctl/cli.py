@@ -19,6 +19,8 @@ from kubensctl.errors import EXIT_ERROR, EXIT_USAGE, KubensError
 ROOMS = (
     "kubensctl.namespace",
     "kubensctl.status",
+    "kubensctl.manifests",
+    "kubensctl.cluster",
 )
 
 Handler = Callable[[argparse.Namespace], int]
