@@ -19,6 +19,8 @@ from kubensctl.errors import EXIT_ERROR, EXIT_USAGE, KubensError
 ROOMS = (
     "kubensctl.namespace",
     "kubensctl.status",
+    "kubensctl.units",
+    "kubensctl.install",
     "kubensctl.manifests",
     "kubensctl.cluster",
 )

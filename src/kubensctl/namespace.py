@@ -247,9 +247,31 @@ def _unmount_pin(path: str) -> None:
             raise
 
 
-def start(paths: Paths) -> Result:
+def ensure_shared_mountpoint(directory: str, res: Result) -> None:
+    """Make ``directory`` a shared mount point (bind onto itself when it is none).
+
+    For /run/netns: ip-netns(8) makes it a mount point the first time it is used. If that happens on the
+    host after the runtime has bound network namespaces there from inside the pinned namespace, the new
+    mount propagates in on top of them and pods fail with "setns: Invalid argument".
+    """
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    top = mountinfo.find(mountinfo.read(), os.path.abspath(directory))
+    if top is None:
+        syscalls.mount(directory, directory, None, syscalls.MS_BIND)
+        res.add(f"bind-mounted {directory} onto itself")
+    if top is None or top.shared is None:
+        syscalls.mount(None, directory, None, syscalls.MS_SHARED)
+        res.add(f"made {directory} shared")
+
+
+def start(paths: Paths, netns_dir: Optional[str] = None) -> Result:
     """Create or repair the pinned namespace. Idempotent; a healthy pin is left untouched."""
     res = Result()
+    if netns_dir:
+        try:
+            ensure_shared_mountpoint(netns_dir, res)
+        except OSError as e:
+            raise _root_error(e, f"make {netns_dir} a shared mount point") from None
     try:
         os.makedirs(paths.runtime_dir, mode=0o755, exist_ok=True)
     except OSError as e:
@@ -429,7 +451,7 @@ def _print_result(res: Result, idle: str) -> None:
 
 def _cmd_start(args: argparse.Namespace) -> int:
     paths = Paths(args.runtime_dir)
-    res = start(paths)
+    res = start(paths, args.netns_dir)
     assert res.info is not None
     _print_result(res, f"{paths.mnt}: already pinned ({res.info.ns}), nothing changed")
     if res.changes:
@@ -456,6 +478,11 @@ def add_runtime_dir(p: argparse.ArgumentParser) -> None:
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("start", help="pin the Kubernetes mount namespace (idempotent, repairs stale state)")
     add_runtime_dir(p)
+    p.add_argument(
+        "--netns-dir",
+        metavar="DIR",
+        help="also make DIR (kubens.service: /run/netns) a shared mount point before pinning",
+    )
     p.set_defaults(func=_cmd_start)
     p = sub.add_parser("stop", help="unpin the namespace (refuses while processes run inside)")
     add_runtime_dir(p)

@@ -1,0 +1,439 @@
+"""What kubensctl lays on a node, and install / uninstall.
+
+Files (every path taken inside ``--root``):
+
+* ``/etc/systemd/system/kubens.service`` — oneshot, RemainAfterExit, ordered before the Kubernetes units
+  (so systemd stops it after them); start and stop are ``kubensctl start`` / ``kubensctl stop``.
+* ``/usr/local/bin/kubensenter`` — ``kubensctl/enter.py`` as one stdlib-only script run by the system
+  ``/usr/bin/python3`` in isolated mode without site (``-IS``): nodes need no pip.
+* ``/usr/local/bin/kubensctl`` — a zipapp of the node side (this package), same interpreter.
+* ``/etc/systemd/system/UNIT.d/01-kubens.conf`` — for every wrapped or ``--env`` unit:
+  ``After=kubens.service`` and ``EnvironmentFile=-/run/kubens/env`` (the RHCOS shape; programs such as
+  CRI-O and kubelet built with containers/kubensmnt join ``$KUBENSMNT`` themselves).
+* ``/etc/systemd/system/UNIT.d/99-kubens-wrapper.conf`` — for every wrapped unit (see ``units.wrap``).
+* ``/var/lib/kubensctl/install.json`` — the record of what install laid, so uninstall removes exactly it.
+
+The static part (everything but the wrapper drop-ins, which depend on the node's own unit files) comes
+from ``node_files()``; MachineConfig ``--embed`` carries the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Dict, List, Optional, Sequence
+
+from kubensctl import __version__, units
+from kubensctl.errors import KubensError, UnitError, UsageError
+from kubensctl.fsutil import atomic_write
+
+KUBENS_UNIT = "kubens.service"
+UNIT_DIR = "/etc/systemd/system"
+BIN_DIR = "/usr/local/bin"
+KUBENSENTER = f"{BIN_DIR}/kubensenter"
+KUBENSCTL = f"{BIN_DIR}/kubensctl"
+RECORD = "/var/lib/kubensctl/install.json"
+ENV_DROPIN = "01-kubens.conf"
+RUNTIME_DIR = "/run/kubens"
+NETNS_DIR = "/run/netns"
+INTERPRETER = "/usr/bin/python3"
+WANTED_BY = "multi-user.target"
+
+# Units wrapped by default when present, runtimes first: that is also the restart order for --now,
+# so kubelet never comes up in the namespace before its runtime.
+RUNTIME_UNITS = (
+    "crio.service",
+    "containerd.service",
+    "k3s.service",
+    "k3s-agent.service",
+    "rke2-server.service",
+    "rke2-agent.service",
+)
+DEFAULT_WRAP_UNITS = (*RUNTIME_UNITS, "kubelet.service")
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    path: str
+    mode: int
+    data: bytes
+    kind: str  # "unit" | "dropin" | "file"
+    unit: Optional[str] = None
+    dropin: Optional[str] = None
+
+
+def kubens_unit_text(kubensctl: str = KUBENSCTL) -> str:
+    before = " ".join(DEFAULT_WRAP_UNITS)
+    return f"""# Written by kubensctl {__version__}: pins the Kubernetes mount namespace at {RUNTIME_DIR}/mnt.
+[Unit]
+Description=Kubernetes mount namespace (kubensctl)
+Documentation=man:nsenter(1) man:mount_namespaces(7)
+DefaultDependencies=no
+Requires=local-fs.target
+After=local-fs.target systemd-tmpfiles-setup.service
+Before={before}
+Before=shutdown.target
+Conflicts=shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+# The pin: /run/kubens bind-mounted unbindable, /run/kubens/mnt a slave namespace, rshared inside.
+# /run/netns is made a shared mount point first: otherwise a later `ip netns add` on the host mounts
+# it and shadows the network namespaces the runtime had already bound there.
+ExecStart={kubensctl} start --runtime-dir {RUNTIME_DIR} --netns-dir {NETNS_DIR}
+# Refuses while anything still runs inside: a restart under a running runtime keeps the pin.
+ExecStop={kubensctl} stop --runtime-dir {RUNTIME_DIR}
+
+[Install]
+WantedBy={WANTED_BY}
+"""
+
+
+def env_dropin_text() -> str:
+    return f"""# Written by kubensctl {__version__}: start after the mount namespace is pinned, with KUBENSMNT set.
+[Unit]
+After={KUBENS_UNIT}
+Wants={KUBENS_UNIT}
+
+[Service]
+EnvironmentFile=-{RUNTIME_DIR}/env
+"""
+
+
+def _package_source(name: str) -> bytes:
+    return resources.files("kubensctl").joinpath(name).read_bytes()
+
+
+def kubensenter_script() -> bytes:
+    """The standalone kubensenter: enter.py behind a shebang for the system python3, isolated, no site."""
+    return f"#!{INTERPRETER} -IS\n".encode() + _package_source("enter.py")
+
+
+_ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
+
+
+def build_zipapp() -> bytes:
+    """A single-file build of the node side: ``python3 kubensctl.pyz`` or executable with its shebang.
+
+    Deterministic (sorted entries, fixed timestamps), so two builds of one version are byte-identical.
+    """
+    pkg = resources.files("kubensctl")
+    names = sorted(e.name for e in pkg.iterdir() if e.name.endswith(".py") or e.name == "py.typed")
+    buf = io.BytesIO()
+    buf.write(f"#!{INTERPRETER} -I\n".encode())
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in names:
+            info = zipfile.ZipInfo(f"kubensctl/{name}", _ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, pkg.joinpath(name).read_bytes())
+        info = zipfile.ZipInfo("__main__.py", _ZIP_EPOCH)
+        info.external_attr = 0o644 << 16
+        zf.writestr(info, b"import sys\nfrom kubensctl.cli import main\nsys.exit(main())\n")
+    return buf.getvalue()
+
+
+def node_files(
+    wrap_units: Sequence[str] = (),
+    env_units: Sequence[str] = (),
+    kubensenter_path: str = KUBENSENTER,
+) -> List[NodeFile]:
+    """Everything install lays except the wrapper drop-ins (those depend on the node's unit files)."""
+    files = [
+        NodeFile(f"{UNIT_DIR}/{KUBENS_UNIT}", 0o644, kubens_unit_text().encode(), "unit", unit=KUBENS_UNIT),
+        NodeFile(kubensenter_path, 0o755, kubensenter_script(), "file"),
+        NodeFile(KUBENSCTL, 0o755, build_zipapp(), "file"),
+    ]
+    seen = []
+    for u in (*wrap_units, *env_units):
+        name = units.normalize_unit_name(u)
+        if name in seen:
+            continue
+        seen.append(name)
+        files.append(
+            NodeFile(f"{UNIT_DIR}/{name}.d/{ENV_DROPIN}", 0o644, env_dropin_text().encode(), "dropin", name, ENV_DROPIN)
+        )
+    return files
+
+
+# ---- install / uninstall -------------------------------------------------------------------------
+
+
+def _host(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/")) if root not in ("", "/") else path
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as f:
+            return _sha(f.read())
+    except FileNotFoundError:
+        return None
+
+
+@dataclass
+class Record:
+    version: str = __version__
+    files: Dict[str, str] = field(default_factory=dict)  # path -> sha256
+    links: List[str] = field(default_factory=list)  # enablement symlinks we made
+    wrapped: List[str] = field(default_factory=list)
+    env: List[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, root: str) -> Optional[Record]:
+        try:
+            with open(_host(root, RECORD), encoding="utf-8") as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise KubensError(f"cannot read the install record {RECORD}: {e}", "fix or remove the file") from None
+        return cls(
+            doc.get("version", "?"),
+            dict(doc.get("files", {})),
+            list(doc.get("links", [])),
+            list(doc.get("wrapped", [])),
+            list(doc.get("env", [])),
+        )
+
+    def save(self, root: str) -> None:
+        path = _host(root, RECORD)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        doc = {
+            "version": self.version,
+            "files": self.files,
+            "links": self.links,
+            "wrapped": self.wrapped,
+            "env": self.env,
+        }
+        atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + "\n", 0o644)
+
+
+@dataclass
+class Outcome:
+    changes: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+
+def _present(unit: str, root: str) -> bool:
+    try:
+        units.find_unit(unit, root)
+    except (UnitError, UsageError):
+        return False
+    return True
+
+
+def _systemctl(root: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if root not in ("", "/"):
+        raise AssertionError("systemctl must not run with --root")
+    if shutil.which("systemctl") is None:
+        raise KubensError("systemctl not found: this node does not run systemd", "use --root DIR to lay files only")
+    r = subprocess.run(["systemctl", *args], text=True, capture_output=True)
+    if check and r.returncode != 0:
+        msg = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        raise KubensError(f"systemctl {' '.join(args)} failed: {msg}", f"see 'journalctl -u {args[-1]}'")
+    return r
+
+
+def _wants_link(root: str) -> str:
+    return f"{UNIT_DIR}/{WANTED_BY}.wants/{KUBENS_UNIT}"
+
+
+def install(
+    root: str = "/",
+    wrap: Optional[Sequence[str]] = None,
+    env: Sequence[str] = (),
+    no_wrap: bool = False,
+    enable: bool = True,
+    now: bool = False,
+    extra_files: Sequence[NodeFile] = (),
+) -> Outcome:
+    root = os.path.abspath(root)
+    on_host = root == "/"
+    if now and not on_host:
+        raise UsageError("--now cannot be combined with --root", "drop --now: with --root nothing is started")
+    if now and not enable:
+        raise UsageError("--now needs the unit enabled", "drop --no-enable")
+    out = Outcome()
+    env_units = [units.normalize_unit_name(u) for u in env]
+    if no_wrap:
+        wrap_units: List[str] = []
+    elif wrap:
+        wrap_units = [units.normalize_unit_name(u) for u in wrap]
+    elif env_units:
+        wrap_units = []
+    else:
+        wrap_units = [u for u in DEFAULT_WRAP_UNITS if _present(u, root)]
+        if not wrap_units:
+            out.notes.append(
+                "no Kubernetes unit found to wrap (" + ", ".join(DEFAULT_WRAP_UNITS) + "); "
+                "rerun with --wrap UNIT once they are installed"
+            )
+    # Check every unit before writing anything: an unknown unit is an error, nothing half-laid.
+    for u in wrap_units + env_units:
+        units.find_unit(u, root)
+
+    files = node_files(wrap_units, env_units) + list(extra_files)
+    record = Record.load(root) or Record()
+    for f in files:
+        host = _host(root, f.path)
+        data_sha = _sha(f.data)
+        if _file_sha(host) != data_sha or (os.stat(host).st_mode & 0o7777) != f.mode:
+            os.makedirs(os.path.dirname(host), mode=0o755, exist_ok=True)
+            atomic_write(host, f.data, f.mode)
+            out.changes.append(f"wrote {f.path}")
+        record.files[f.path] = data_sha
+
+    if wrap_units:
+        result = units.wrap(wrap_units, root=root, kubensenter=KUBENSENTER)
+        for c in result.changes:
+            if c.changed:
+                out.changes.append(c.describe())
+            dropin = _host(root, c.path)
+            sha = _file_sha(dropin)
+            if sha is not None:
+                record.files[c.path] = sha
+        record.wrapped = sorted(set(record.wrapped) | set(wrap_units))
+    record.env = sorted(set(record.env) | set(env_units))
+
+    if enable:
+        link = _wants_link(root)
+        if on_host:
+            if _systemctl(root, "is-enabled", KUBENS_UNIT, check=False).stdout.strip() != "enabled":
+                _systemctl(root, "daemon-reload")
+                _systemctl(root, "enable", KUBENS_UNIT)
+                out.changes.append(f"enabled {KUBENS_UNIT}")
+        else:
+            host = _host(root, link)
+            current = os.readlink(host) if os.path.islink(host) else None
+            if current != f"{UNIT_DIR}/{KUBENS_UNIT}":
+                os.makedirs(os.path.dirname(host), exist_ok=True)
+                tmp = host + ".kubensctl-tmp"
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+                os.symlink(f"{UNIT_DIR}/{KUBENS_UNIT}", tmp)
+                os.replace(tmp, host)
+                out.changes.append(f"enabled {KUBENS_UNIT} ({link})")
+        if link not in record.links:
+            record.links.append(link)
+    record.version = __version__
+    record.save(root)
+
+    if on_host and out.changes:
+        _systemctl(root, "daemon-reload")
+    if now:
+        _systemctl(root, "start", KUBENS_UNIT)
+        out.changes.append(f"started {KUBENS_UNIT}")
+        order = [u for u in DEFAULT_WRAP_UNITS if u in wrap_units or u in env_units]
+        order += [u for u in wrap_units + env_units if u not in order]
+        for u in order:
+            if _systemctl(root, "is-active", u, check=False).stdout.strip() in ("active", "activating"):
+                _systemctl(root, "restart", u)
+                out.changes.append(f"restarted {u}")
+    elif enable:
+        out.notes.append(
+            f"{KUBENS_UNIT} is enabled: encapsulation takes effect at the next reboot "
+            "(or now: kubensctl install --now, which restarts the wrapped units)"
+        )
+    return out
+
+
+def uninstall(root: str = "/") -> Outcome:
+    root = os.path.abspath(root)
+    on_host = root == "/"
+    out = Outcome()
+    record = Record.load(root)
+    if record is None:
+        out.notes.append(f"nothing to uninstall: no install record at {RECORD}")
+        return out
+    if on_host and _systemctl(root, "is-enabled", KUBENS_UNIT, check=False).stdout.strip() == "enabled":
+        _systemctl(root, "disable", KUBENS_UNIT)
+        out.changes.append(f"disabled {KUBENS_UNIT}")
+    for link in record.links:
+        host = _host(root, link)
+        if os.path.islink(host):
+            os.unlink(host)
+            out.changes.append(f"removed {link}")
+    for path, sha in sorted(record.files.items()):
+        host = _host(root, path)
+        current = _file_sha(host)
+        if current is None:
+            continue
+        if current != sha:
+            out.notes.append(f"kept {path}: changed since install (remove it by hand if unwanted)")
+            continue
+        os.unlink(host)
+        out.changes.append(f"removed {path}")
+        parent = os.path.dirname(host)
+        if parent.endswith(".d"):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                pass
+    os.unlink(_host(root, RECORD))
+    try:
+        os.rmdir(os.path.dirname(_host(root, RECORD)))
+    except OSError:
+        pass
+    if on_host:
+        _systemctl(root, "daemon-reload")
+        out.notes.append("reboot to leave the namespace (running units keep the one they are in)")
+    return out
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+
+
+def _print(out: Outcome, idle: str) -> None:
+    for c in out.changes:
+        print(c)
+    if not out.changes:
+        print(idle)
+    for n in out.notes:
+        print(f"note: {n}")
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    out = install(args.root, args.wrap, args.env or (), args.no_wrap, not args.no_enable, args.now)
+    _print(out, "nothing changed: already installed")
+    return 0
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    _print(uninstall(args.root), "nothing changed")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "install",
+        help="lay kubens.service, kubensenter, kubensctl and drop-ins on this node (or under --root)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--root", default="/", metavar="DIR", help="lay files under DIR; touch nothing else, no systemctl")
+    p.add_argument("--wrap", action="append", metavar="UNIT", help="wrap UNIT's ExecStart in kubensenter (repeatable)")
+    p.add_argument("--env", action="append", metavar="UNIT", help="add the RHCOS-style 01-kubens.conf to UNIT")
+    p.add_argument("--no-wrap", action="store_true", help="wrap nothing")
+    p.add_argument("--no-enable", action="store_true", help="do not enable kubens.service")
+    p.add_argument("--now", action="store_true", help="start kubens.service now and restart the wrapped units")
+    p.set_defaults(func=_cmd_install)
+    p = sub.add_parser("uninstall", help="remove exactly what install laid and disable kubens.service")
+    p.add_argument("--root", default="/", metavar="DIR", help="act under DIR; no systemctl")
+    p.set_defaults(func=_cmd_uninstall)
+
+
+__all__ = ["NodeFile", "build_zipapp", "install", "kubensenter_script", "node_files", "uninstall"]

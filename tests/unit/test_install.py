@@ -1,0 +1,130 @@
+"""install / uninstall under --root: what is laid, idempotence, the record, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from kubensctl import install
+from nstest import env_with_src
+
+
+def kctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kubensctl", *args], text=True, capture_output=True, env=env_with_src(), timeout=60
+    )
+
+
+def unit(root: Path, name: str, text: str, d: str = "usr/lib/systemd/system") -> None:
+    p = root / d / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Path:
+    unit(tmp_path, "kubelet.service", "[Service]\nExecStart=/usr/bin/kubelet $KUBELET_ARGS\n")
+    unit(tmp_path, "crio.service", "[Service]\nType=notify\nExecStart=/usr/bin/crio $CRIO_FLAGS\n")
+    return tmp_path
+
+
+def tree(root: Path) -> List[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def test_install_default_wraps_present_units(node: Path) -> None:
+    r = kctl("install", "--root", str(node))
+    assert r.returncode == 0, r.stderr
+    laid = tree(node)
+    for path in [
+        "etc/systemd/system/kubens.service",
+        "etc/systemd/system/multi-user.target.wants/kubens.service",
+        "etc/systemd/system/kubelet.service.d/99-kubens-wrapper.conf",
+        "etc/systemd/system/kubelet.service.d/01-kubens.conf",
+        "etc/systemd/system/crio.service.d/99-kubens-wrapper.conf",
+        "usr/local/bin/kubensenter",
+        "usr/local/bin/kubensctl",
+        "var/lib/kubensctl/install.json",
+    ]:
+        assert path in laid
+    assert not (node / "etc/systemd/system/containerd.service.d").exists()
+    assert "reboot" in r.stdout
+    wrapper = (node / "etc/systemd/system/crio.service.d/99-kubens-wrapper.conf").read_text()
+    assert "ExecStart=/usr/local/bin/kubensenter /usr/bin/crio $CRIO_FLAGS" in wrapper
+    assert os.stat(node / "usr/local/bin/kubensenter").st_mode & 0o777 == 0o755
+    assert (node / "usr/local/bin/kubensenter").read_bytes().startswith(b"#!/usr/bin/python3 -IS\n")
+
+
+def test_install_idempotent_and_uninstall_exact(node: Path) -> None:
+    before = tree(node)
+    assert kctl("install", "--root", str(node)).returncode == 0
+    again = kctl("install", "--root", str(node))
+    assert again.returncode == 0 and "nothing changed" in again.stdout
+    r = kctl("uninstall", "--root", str(node))
+    assert r.returncode == 0 and "removed /etc/systemd/system/kubens.service" in r.stdout
+    assert tree(node) == before
+    r = kctl("uninstall", "--root", str(node))
+    assert r.returncode == 0 and "nothing to uninstall" in r.stdout
+
+
+def test_uninstall_keeps_files_changed_since(node: Path) -> None:
+    kctl("install", "--root", str(node))
+    (node / "etc/systemd/system/kubens.service").write_text("# mine\n")
+    r = kctl("uninstall", "--root", str(node))
+    assert "kept /etc/systemd/system/kubens.service" in r.stdout
+    assert (node / "etc/systemd/system/kubens.service").read_text() == "# mine\n"
+
+
+def test_env_units_only(node: Path) -> None:
+    r = kctl("install", "--root", str(node), "--env", "kubelet", "--env", "crio", "--no-enable")
+    assert r.returncode == 0, r.stderr
+    laid = tree(node)
+    assert "etc/systemd/system/kubelet.service.d/01-kubens.conf" in laid
+    assert not [p for p in laid if "wrapper" in p or "wants" in p]
+    text = (node / "etc/systemd/system/crio.service.d/01-kubens.conf").read_text()
+    assert "After=kubens.service" in text and "EnvironmentFile=-/run/kubens/env" in text
+
+
+def test_unknown_unit_writes_nothing(node: Path) -> None:
+    before = tree(node)
+    r = kctl("install", "--root", str(node), "--wrap", "nope.service")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "nope.service" in r.stderr
+    assert tree(node) == before
+
+
+def test_now_with_root_is_usage_error(node: Path) -> None:
+    r = kctl("install", "--root", str(node), "--now")
+    assert r.returncode == 2 and "--root" in r.stderr
+
+
+def test_node_files_match_install(node: Path) -> None:
+    install.install(str(node), env=["kubelet", "crio"], no_wrap=True)
+    for f in install.node_files(env_units=["kubelet.service", "crio.service"]):
+        laid = node / f.path.lstrip("/")
+        assert laid.read_bytes() == f.data, f.path
+        assert os.stat(laid).st_mode & 0o7777 == f.mode
+
+
+def test_zipapp_is_deterministic_and_runs(tmp_path: Path) -> None:
+    a, b = install.build_zipapp(), install.build_zipapp()
+    assert a == b
+    path = tmp_path / "kubensctl"
+    path.write_bytes(a)
+    with zipfile.ZipFile(path) as zf:
+        assert "kubensctl/cli.py" in zf.namelist() and "__main__.py" in zf.namelist()
+    r = subprocess.run([sys.executable, str(path), "--version"], text=True, capture_output=True)
+    assert r.returncode == 0 and r.stdout.startswith("kubensctl ")
+
+
+def test_kubens_unit_orders_before_kubernetes_units() -> None:
+    text = install.kubens_unit_text()
+    assert "Type=oneshot" in text and "RemainAfterExit=yes" in text
+    assert "Before=crio.service containerd.service" in text and "kubelet.service" in text
+    assert "ExecStart=/usr/local/bin/kubensctl start --runtime-dir /run/kubens --netns-dir /run/netns" in text
+    assert "ExecStop=/usr/local/bin/kubensctl stop --runtime-dir /run/kubens" in text
