@@ -611,7 +611,9 @@ def _check_kubensenter_path(kubensenter: str) -> None:
 def wrap_command(cmd: ExecCommand, kubensenter: str = DEFAULT_KUBENSENTER) -> str:
     """The ``ExecStart=`` value that runs ``cmd`` through kubensenter (see the module notes on ``@``)."""
     if "@" not in cmd.prefixes:
-        return f"{cmd.prefixes}{kubensenter} {cmd.raw}"
+        # a path starting with "-" would read as a kubensenter option
+        sep = " -- " if cmd.raw.startswith("-") else " "
+        return f"{cmd.prefixes}{kubensenter}{sep}{cmd.raw}"
     dollar = "$" if ":" in cmd.prefixes else "$$"
     script = f'\'exec -a "{dollar}1" "{dollar}0" "{dollar}{{@:2}}"\''
     return f"{cmd.prefixes.replace('@', '')}{kubensenter} {ARGV0_SHELL} -c {script} {cmd.raw}"
@@ -748,7 +750,11 @@ def _plan_wrap(
     # What systemd will run once the drop-in is there: a later drop-in must not undo it.
     after = _effective(find_unit(unit, root, unit_path, extra_dropins=[ours]), {ours: text})
     if [c.line for c in after] != values:
-        later = [d for d in find_unit(unit, root, unit_path, extra_dropins=[ours]).dropins if d != ours]
+        after_sources = find_unit(unit, root, unit_path, extra_dropins=[ours])
+        dropins = list(after_sources.dropins)
+        later = [
+            d for d in dropins[dropins.index(ours) + 1 :] if _read_source(root, d, {}).values("Service", "ExecStart")
+        ] or dropins
         raise UnitError(
             f"{name}: another drop-in overrides {ours} ({', '.join(later)})",
             "pass a --dropin-name that sorts after it, or remove its ExecStart=",
