@@ -77,7 +77,6 @@ def kubens_unit_text(kubensctl: str = KUBENSCTL) -> str:
 Description=Kubernetes mount namespace (kubensctl)
 Documentation=man:nsenter(1) man:mount_namespaces(7)
 DefaultDependencies=no
-Requires=local-fs.target
 After=local-fs.target systemd-tmpfiles-setup.service
 Before={before}
 Before=shutdown.target
