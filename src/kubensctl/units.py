@@ -379,7 +379,7 @@ def find_unit(
     if fragment is None:
         raise UnitError(
             f"unit {name} not found in {len(paths)} unit directories under {root}",
-            "check the name (systemctl list-unit-files) or pass --root/--unit-path",
+            "check the name with systemctl list-unit-files, or pass --root/--unit-path",
         )
     names = [name]
     target = os.path.basename(resolve_in_root(root, fragment))
@@ -655,7 +655,7 @@ class UnitChange:
             n = len(self.lines)
             text = f"{self.unit}: {self.action} {n} ExecStart line{'s' if n != 1 else ''} in {where}"
         elif self.action == "unchanged":
-            text = f"{self.unit}: already wrapped by {where}, nothing changed"
+            text = f"{self.unit}: already wrapped, {where} is up to date"
         elif self.action == "already-wrapped":
             text = f"{self.unit}: every ExecStart already enters the namespace, nothing written"
             if self.removed_stale:
@@ -788,7 +788,7 @@ def wrap(
         where = "" if root in ("", "/") else f" under {root}"
         raise UnitError(
             f"kubensenter {kubensenter} is not an executable file{where}",
-            "install it first (kubensctl install) or pass --kubensenter PATH",
+            "install it first with kubensctl install, or pass --kubensenter PATH",
         )
     plans: List[_Plan] = []
     seen: List[str] = []

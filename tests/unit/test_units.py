@@ -778,7 +778,7 @@ def test_cli_wrap_twice_exec_start_unwrap(root: Path, capsys: pytest.CaptureFixt
     assert "daemon-reload" in out
     assert _run(["wrap", "kubelet.service", "--root", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "nothing changed" in out and "already wrapped" in out
+    assert "nothing changed" in out and "already wrapped, " in out and "up to date" in out
     assert _run(["exec-start", "kubelet", "--root", str(root), "--files"]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert listing == [
