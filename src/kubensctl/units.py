@@ -20,12 +20,13 @@ Every path is taken inside ``root`` (a directory treated as ``/``): absolute sym
 it too, so a node image can be inspected and changed without touching the host.
 
 Wrapping (``wrap``): a drop-in ``/etc/systemd/system/UNIT.d/99-kubens-wrapper.conf`` resets ``ExecStart``
-and repeats every effective command line with ``kubensenter`` in front. The prefixes ``-:+!!!`` stay in
-front of kubensenter, so systemd applies them to the wrapped command as before, and the command text is
-copied byte for byte (quoting, ``$VAR``, ``${VAR}``, ``%`` specifiers), so systemd expands it exactly as it
-did. The ``@`` prefix cannot stay as it is: with ``@`` systemd passes the word after the path as argv[0] of
-the process it starts, which would now be kubensenter, and kubensenter (RHCOS-compatible, no argv[0]
-option) execs its COMMAND with argv[0] = COMMAND. So a line ``@PATH NAME ARGS`` becomes::
+and repeats every effective command line with ``kubensenter`` in front. The prefixes ``-``, ``:``, ``+``,
+``!`` and ``!!`` stay in front of kubensenter, so systemd applies them to the wrapped command as before,
+and the command text is copied byte for byte (quoting, ``$VAR``, ``${VAR}``, ``%`` specifiers), so systemd
+expands it exactly as it did. The ``@`` prefix cannot stay as it is: with ``@`` systemd passes the word
+after the path as argv[0] of the process it starts, which would now be kubensenter, and kubensenter
+(RHCOS-compatible, no argv[0] option) execs its COMMAND with argv[0] = COMMAND. So a line
+``@PATH NAME ARGS`` becomes::
 
     KUBENSENTER /bin/bash -c 'exec -a "$$1" "$$0" "$${@:2}"' PATH NAME ARGS
 
@@ -39,7 +40,6 @@ from __future__ import annotations
 import argparse
 import os
 import stat
-import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -721,7 +721,9 @@ def _plan_wrap(
 ) -> _Plan:
     ours = _dropin_path(unit, dropin_dir, dropin_name)
     current = _read_ours(root, ours)
-    sources = find_unit(unit, root, unit_path, exclude=[ours])
+    # ignore our wrapper under every name of the unit (an alias may have been wrapped too)
+    names = find_unit(unit, root, unit_path).names
+    sources = find_unit(unit, root, unit_path, exclude=[_dropin_path(n, dropin_dir, dropin_name) for n in names])
     name = sources.name
     commands = _effective(sources, None)
     if not commands:
@@ -748,13 +750,19 @@ def _plan_wrap(
         return _Plan(UnitChange(name, "already-wrapped", ours, [], kept), None, current)
     text = dropin_text(name, values)
     # What systemd will run once the drop-in is there: a later drop-in must not undo it.
-    after = _effective(find_unit(unit, root, unit_path, extra_dropins=[ours]), {ours: text})
+    after_sources = find_unit(unit, root, unit_path, extra_dropins=[ours])
+    dropins = list(after_sources.dropins)
+    if ours not in dropins:
+        shadow = next(d for d in dropins if os.path.basename(d) == dropin_name)
+        raise UnitError(
+            f"{name}: {shadow} has the same name as {ours} and hides it",
+            "pass another --dropin-name",
+        )
+    after = _effective(after_sources, {ours: text})
     if [c.line for c in after] != values:
-        after_sources = find_unit(unit, root, unit_path, extra_dropins=[ours])
-        dropins = list(after_sources.dropins)
         later = [
             d for d in dropins[dropins.index(ours) + 1 :] if _read_source(root, d, {}).values("Service", "ExecStart")
-        ] or dropins
+        ]
         raise UnitError(
             f"{name}: another drop-in overrides {ours} ({', '.join(later)})",
             "pass a --dropin-name that sorts after it, or remove its ExecStart=",
@@ -895,11 +903,10 @@ def _cmd_exec_start(args: argparse.Namespace) -> int:
         print(f"# {sources.fragment}")
         for d in sources.dropins:
             print(f"# {d}")
+    if not commands:
+        raise UnitError(f"{sources.name} has no ExecStart=", "see systemctl cat " + sources.name)
     for cmd in commands:
         print(cmd.line)
-    if not commands:
-        print(f"kubensctl: {sources.name} has no ExecStart=", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -740,6 +740,21 @@ def test_error_later_dropin_would_override_ours(root: Path) -> None:
     assert units.wrap(["k"], str(root), dropin_name="zzz-kubens.conf").changed
 
 
+def test_error_same_named_dropin_in_higher_priority_dir(root: Path) -> None:
+    lay(root, f"{USR}/k.service", service("ExecStart=/bin/k"))
+    lay(root, f"/run/systemd/system.control/k.service.d/{units.DEFAULT_DROPIN_NAME}", dropin("CPUWeight=10"))
+    _expect_nothing_written(root, UnitError, "hides it", ["k"], str(root))
+
+
+def test_wrapping_alias_and_target_both(root: Path) -> None:
+    lay(root, f"{LIB}/real.service", service("ExecStart=/bin/real"))
+    link(root, f"{ETC}/alias.service", f"{LIB}/real.service")
+    units.wrap(["alias"], str(root))
+    result = units.wrap(["real", "alias"], str(root))
+    assert [c.action for c in result.changes] == ["wrapped", "unchanged"]
+    assert lines("alias.service", root) == [f"{KS} /bin/real"]
+
+
 # ------------------------------------------------------------------------------------------- unwrap
 
 
@@ -801,6 +816,9 @@ def test_cli_unit_path_and_errors(root: Path, capsys: pytest.CaptureFixture[str]
     assert _run(["wrap", "x", "--root", str(root), "--unit-path", ETC, "--unit-path", "/units"]) == 0
     with pytest.raises(UnitError):
         _run(["wrap", "nope", "--root", str(root)])
+    lay(root, "/units/y.service", service("ExecStop=/bin/y"))
+    with pytest.raises(UnitError, match="no ExecStart"):
+        _run(["exec-start", "y", "--root", str(root), "--unit-path", "/units"])
 
 
 def test_cli_is_registered_in_rooms() -> None:
