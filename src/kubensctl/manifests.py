@@ -72,7 +72,7 @@ _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0
 def _plain_ok(s: str) -> bool:
     if s.lower() in _RESERVED_WORDS or any(p.match(s) for p in _NUMBERISH):
         return False
-    if not _PLAIN_OK.match(s) or s.endswith((" ", ":")):
+    if not _PLAIN_OK.fullmatch(s) or s.endswith((" ", ":")):
         return False
     return ": " not in s and " #" not in s
 
@@ -202,8 +202,9 @@ IGNITION_VERSIONS = ("3.1.0", "3.2.0", "3.3.0", "3.4.0")
 # Butane's `openshift` variant: the oldest spec version targeting each Ignition spec (Butane's spec table:
 # openshift 4.8.0-4.13.0 -> Ignition 3.2.0, 4.14.0-4.18.0 -> 3.4.0; none targets 3.1.0 or 3.3.0).
 BUTANE_OPENSHIFT_VERSIONS = {"3.2.0": "4.8.0", "3.4.0": "4.14.0"}
-# What --embed lays on OpenShift nodes: the units the seed names, and a kubensenter outside read-only /usr.
-OPENSHIFT_WRAP_UNITS = ("kubelet.service", "crio.service")
+# What --embed lays on OpenShift nodes: the units the seed names, and a kubensenter outside read-only /usr
+# (RHCOS ships its own at /usr/bin/kubensenter; ours does not touch it).
+OPENSHIFT_UNITS = ("kubelet.service", "crio.service")
 EMBED_KUBENSENTER = "/usr/local/bin/kubensenter"
 EMBED_KUBENSCTL = "/usr/local/bin/kubensctl"
 SYSTEMD_DIR = "/etc/systemd/system"
@@ -257,16 +258,27 @@ def decode_data_url(url: str) -> bytes:
 
 
 def embedded_files() -> List[Any]:
-    """The node files of ``kubensctl install`` for an OpenShift node, plus the kubensctl single-file build.
+    """What ``kubensctl install --env kubelet.service --env crio.service`` lays on a node, record included.
 
-    Imported lazily: ``kubensctl.install`` is only needed with ``--embed``.
+    OpenShift's kubelet and CRI-O join ``$KUBENSMNT`` themselves (the RHCOS design), so they get the
+    environment drop-in; wrapper drop-ins are not embedded because they rewrite the node's own ExecStart,
+    which is not known off the node. The install record is carried too, so ``kubensctl uninstall`` on the
+    node removes exactly these files. Imported lazily: only ``--embed`` needs ``kubensctl.install``.
     """
+    import tempfile
+
     install = _install_module()
-    files = list(install.node_files(wrap_units=OPENSHIFT_WRAP_UNITS, kubensenter_path=EMBED_KUBENSENTER))
-    if not any(f.path == EMBED_KUBENSCTL for f in files):
-        build = getattr(install, "build_zipapp", None)
-        if build is not None:
-            files.append(_File(EMBED_KUBENSCTL, 0o755, build(), "file"))
+    files = list(install.node_files(wrap_units=(), env_units=OPENSHIFT_UNITS, kubensenter_path=EMBED_KUBENSENTER))
+    record = install.Record(
+        files={f.path: hashlib.sha256(f.data).hexdigest() for f in files},
+        links=[f"{SYSTEMD_DIR}/multi-user.target.wants/{KUBENS_UNIT}"],
+        wrapped=[],
+        env=sorted(OPENSHIFT_UNITS),
+    )
+    with tempfile.TemporaryDirectory(prefix="kubensctl-embed-") as tmp:
+        record.save(tmp)
+        with open(os.path.join(tmp, install.RECORD.lstrip("/")), "rb") as f:
+            files.append(install.NodeFile(install.RECORD, 0o644, f.read(), "file"))
     return files
 
 
@@ -276,17 +288,8 @@ def _install_module() -> Any:
 
     try:
         return importlib.import_module("kubensctl.install")
-    except ImportError as e:
+    except ImportError as e:  # also ModuleNotFoundError
         raise KubensError(f"this kubensctl has no node installer ({e})", "use a complete kubensctl build") from e
-
-
-class _File:
-    """A NodeFile look-alike for files that node_files() does not return (the single-file build)."""
-
-    def __init__(self, path: str, mode: int, data: bytes, kind: str) -> None:
-        self.path, self.mode, self.data, self.kind = path, mode, data, kind
-        self.unit: Optional[str] = None
-        self.dropin: Optional[str] = None
 
 
 def ignition_config(version: str, files: Optional[Sequence[Any]] = None) -> Dict[str, Any]:
@@ -627,12 +630,13 @@ def agent_main(argv: Sequence[str]) -> int:
         if rc != 0:
             raise KubensError(f"kubensctl {mode} failed on {node} (exit {rc})", "see the pod's log")
         status_rc, out = _host(["python3", target, "status"])
-        encapsulated = status_rc == 0
-        if status_rc not in (0, 3):
+        _log(f"kubensctl status on {node}: exit {status_rc}")
+        # 0 encapsulated, 3 not, 1 degraded (e.g. pinned but the kubelet outside): all settle at a reboot.
+        if status_rc not in (0, 1, 3):
             raise KubensError(
                 f"kubensctl status failed on {node} (exit {status_rc}): {out.strip()}", "see the pod's log"
             )
-        reboot = encapsulated if mode == "uninstall" else not encapsulated
+        reboot = status_rc != 3 if mode == "uninstall" else status_rc != 0
         if reboot:
             _host_write(REBOOT_SENTINEL, b"*** System restart required (kubensctl) ***\n", 0o644)
         else:

@@ -75,7 +75,10 @@ def kubectl_only(fake: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's own usage errors
+        code = int(e.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
 
