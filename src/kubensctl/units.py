@@ -433,7 +433,29 @@ class Word:
     end: int
 
 
-_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "s": " "}
+_ESCAPES = {
+    "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "s": " ",
+    "\\": "\\", '"': '"', "'": "'",
+}  # fmt: skip
+_HEX = "0123456789abcdefABCDEF"
+
+
+def _unescape(value: str, i: int) -> Tuple[str, int]:
+    """Decode the C escape at ``value[i]`` (a backslash): (text, length). Unknown escapes keep the
+    backslash, as systemd does for command lines (``a\\;b`` stays ``a\\;b``, ``\\ `` joins words)."""
+    nxt = value[i + 1]
+    if nxt in _ESCAPES:
+        return _ESCAPES[nxt], 2
+    for letter, digits in (("x", 2), ("u", 4), ("U", 8)):
+        hexpart = value[i + 2 : i + 2 + digits]
+        if nxt == letter and len(hexpart) == digits and all(h in _HEX for h in hexpart):
+            code = int(hexpart, 16)
+            if code and code <= 0x10FFFF:
+                return chr(code), 2 + digits
+    octal = value[i + 1 : i + 4]
+    if len(octal) == 3 and all(o in "01234567" for o in octal) and int(octal, 8) not in (0, *range(256, 512)):
+        return chr(int(octal, 8)), 4
+    return "\\" + nxt, 2
 
 
 def split_words(value: str, where: str = "") -> List[Word]:
@@ -454,9 +476,9 @@ def split_words(value: str, where: str = "") -> List[Word]:
             if c == "\\":
                 if i + 1 >= n:
                     raise UnitError(f"{where}: trailing backslash in {value!r}", "fix the command line")
-                nxt = value[i + 1]
-                out.append(_ESCAPES.get(nxt, nxt))
-                i += 2
+                text, length = _unescape(value, i)
+                out.append(text)
+                i += length
                 continue
             if quote:
                 if c == quote:
@@ -545,7 +567,8 @@ def parse_exec_value(value: str, source: str = "") -> List[ExecCommand]:
             raw = raw_first[0] + value[first.start + 1 + len(prefixes) : group[-1].end]
         else:
             raise UnitError(f"{source}: cannot separate the prefixes of {raw_first!r}", "write the prefixes unquoted")
-        argv = (path, *[w.text for w in group[1:]])
+        # a lone "\\;" is a literal ";" argument (systemd.service(5) "Command lines")
+        argv = (path, *[";" if value[w.start : w.end] == "\\;" else w.text for w in group[1:]])
         if "@" in prefixes and len(argv) < 2:
             raise UnitError(f"{source}: '@' needs an argv[0] word after the path", "fix the ExecStart= line")
         commands.append(ExecCommand(prefixes, raw, argv, source))

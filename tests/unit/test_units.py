@@ -115,7 +115,8 @@ def systemd_view(root: Path, unit: str) -> Tuple[str, List[str], List[List[str]]
         elif line.startswith("-> "):
             in_exec_start = line == "-> ExecStart:"
         elif in_exec_start and line.startswith("Command Line: "):
-            argvs.append([w.text for w in units.split_words(line.split(": ", 1)[1])])
+            # systemd's dump quotes like C (and writes "$" as "\\$")
+            argvs.append([w.text.replace("\\$", "$") for w in units.split_words(line.split(": ", 1)[1])])
     return fragment, dropins, argvs
 
 
@@ -244,7 +245,7 @@ def test_words_quoting_variables_specifiers_kept_raw() -> None:
         "%i",
         "a b",
         'c "d"',
-        "e f",
+        "e\\ f",
     )
 
 
@@ -490,6 +491,65 @@ def test_wrapped_result_matches_real_systemd(root: Path) -> None:
             assert got[5:] == want
         else:
             assert got == [KS, specifiers(cmd.path, unit), *want[1:]]
+
+
+TRICKY = [
+    "/bin/echo plain",
+    "-/bin/echo \"double q\" 'single q' back\\slash e\\ sc",
+    "@/bin/echo argv0 rest %n %i %%",
+    ":/bin/echo $A ${B} x${C}y",
+    "!!/bin/echo a\\;b \\; ; +/bin/echo second",
+    "/bin/echo 'quoted \\'inner\\'' \"tab\\there\"",
+    "echo relative",
+    "/bin/echo \\x41\\101\\u00e9 \\q a$$b \"$$\"",
+    "\"-@/bin/echo\" zero 'one two'",
+    "/bin/echo trailing\\\\ \\\\",
+]
+
+
+@pytest.mark.skipif(not HAVE_ANALYZE, reason="systemd-analyze not installed")
+@pytest.mark.parametrize("value", TRICKY)
+def test_command_words_match_real_systemd(root: Path, value: str) -> None:
+    unit = "tricky@inst.service"
+    lay(root, f"{USR}/tricky@.service", service(f"ExecStart={value}", unit_type="oneshot"))
+    lay(root, "/bin/echo", "#!/bin/sh\n", 0o755)
+    assert our_argvs(unit, root) == systemd_view(root, unit)[2]
+    units.wrap([unit], str(root))
+    before = units.effective_exec_start(unit, str(root), exclude=[f"{ETC}/{unit}.d/{units.DEFAULT_DROPIN_NAME}"])
+    after = systemd_view(root, unit)[2]
+    assert len(after) == len(before)
+    for cmd, got in zip(before, after):
+        want = [specifiers(w, unit) for w in cmd.argv]
+        if "@" in cmd.prefixes:
+            assert got[:3] == [KS, units.ARGV0_SHELL, "-c"] and got[4:] == want
+        else:
+            assert got == [KS, *want]
+
+
+@pytest.mark.skipif(not HAVE_ANALYZE, reason="systemd-analyze not installed")
+def test_template_dropins_match_real_systemd(root: Path) -> None:
+    lay(root, f"{USR}/a-b@.service", service("ExecStart=/bin/t %i", unit_type="oneshot"))
+    for d in ["a-b@.service.d", "a-b@x.service.d", "a-.service.d"]:
+        lay(root, f"{USR}/{d}/10.conf", dropin(f"ExecStart=/bin/echo {d}"))
+        lay(root, f"{USR}/{d}/{d}.conf", dropin(f"ExecStart=/bin/echo {d}"))
+    lay(root, f"{ETC}/a-.service.d/a-.service.d.conf", "")  # an empty file masks the name
+    fragment, dropins, argvs = systemd_view(root, "a-b@x.service")
+    s = units.find_unit("a-b@x.service", str(root))
+    assert (s.fragment, list(s.dropins)) == (fragment, dropins)
+    assert our_argvs("a-b@x.service", root) == argvs
+
+
+@pytest.mark.skipif(not HAVE_ANALYZE, reason="systemd-analyze not installed")
+def test_empty_fragment_is_masked_for_systemd_too(root: Path) -> None:
+    lay(root, f"{USR}/e.service", service("ExecStart=/bin/true"))
+    lay(root, f"{ETC}/e.service", "")
+    env = dict(os.environ, SYSTEMD_LOG_LEVEL="info")
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", "e.service"], capture_output=True, text=True, env=env
+    )
+    assert "masked" in proc.stderr
+    with pytest.raises(UnitError, match="masked"):
+        units.find_unit("e.service", str(root))
 
 
 # ------------------------------------------------------------------------------------------- wrapping
