@@ -667,6 +667,7 @@ class UnitChange:
     lines: List[str] = field(default_factory=list)  # ExecStart values in the drop-in
     kept: List[str] = field(default_factory=list)  # commands already in the namespace, left as they are
     removed_stale: bool = False  # already-wrapped: our older drop-in was removed
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -689,6 +690,8 @@ class UnitChange:
             text = f"{self.unit}: no wrapper drop-in {where}, nothing changed"
         for k in self.kept:
             text += f"\n  left as is (already enters the namespace): {k}"
+        for w in self.warnings:
+            text += f"\n  warning: {w}"
         return text
 
 
@@ -771,6 +774,7 @@ def _plan_wrap(
             values.append(wrap_command(cmd, kubensenter))
     if not needs:
         return _Plan(UnitChange(name, "already-wrapped", ours, [], kept), None, current)
+    warnings = _user_warnings(sources, commands, kubensenter)
     text = dropin_text(name, values)
     # What systemd will run once the drop-in is there: a later drop-in must not undo it.
     after_sources = find_unit(unit, root, unit_path, extra_dropins=[ours])
@@ -790,10 +794,29 @@ def _plan_wrap(
             f"{name}: another drop-in overrides {ours} ({', '.join(later)})",
             "pass a --dropin-name that sorts after it, or remove its ExecStart=",
         )
-    if current == text:
-        return _Plan(UnitChange(name, "unchanged", ours, values, kept), text, current)
-    action = "wrapped" if current is None else "updated"
-    return _Plan(UnitChange(name, action, ours, values, kept), text, current)
+    action = "unchanged" if current == text else "wrapped" if current is None else "updated"
+    return _Plan(UnitChange(name, action, ours, values, kept, warnings=warnings), text, current)
+
+
+def _user_warnings(sources: UnitSources, commands: Sequence[ExecCommand], kubensenter: str) -> List[str]:
+    """kubensenter needs root (CAP_SYS_ADMIN) to join the namespace: warn when User= would drop it."""
+    user = ""
+    for path in (sources.fragment, *sources.dropins):
+        for value in _read_source(sources.root, path, {}).values("Service", "User"):
+            user = value
+    if user in ("", "root", "0"):
+        return []
+    out = []
+    for cmd in commands:
+        if goes_through_kubens(cmd, kubensenter) or "+" in cmd.prefixes:
+            continue
+        if "!" in cmd.prefixes and "!!" not in cmd.prefixes:
+            continue
+        out.append(
+            f"runs as User={user}: kubensenter cannot join the namespace without root; "
+            f"prefix the line with '+' in the unit ({cmd.source})"
+        )
+    return out
 
 
 def wrap(

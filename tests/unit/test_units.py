@@ -501,7 +501,7 @@ TRICKY = [
     "!!/bin/echo a\\;b \\; ; +/bin/echo second",
     "/bin/echo 'quoted \\'inner\\'' \"tab\\there\"",
     "echo relative",
-    "/bin/echo \\x41\\101\\u00e9 \\q a$$b \"$$\"",
+    '/bin/echo \\x41\\101\\u00e9 \\q a$$b "$$"',
     "\"-@/bin/echo\" zero 'one two'",
     "/bin/echo trailing\\\\ \\\\",
 ]
@@ -703,6 +703,14 @@ def test_stale_wrapper_removed_when_another_dropin_already_wraps(root: Path) -> 
     assert result.changed and result.changes[0].removed_stale
     assert not ours(root, "k.service").exists()
     assert lines("k.service", root) == [f"{KS} /bin/k --admin"]
+
+
+def test_warns_when_user_drops_root(root: Path) -> None:
+    lay(root, f"{USR}/u.service", service("User=nobody", "ExecStart=/bin/u"))
+    lay(root, f"{USR}/p.service", service("User=nobody", "ExecStart=+/bin/p"))
+    result = units.wrap(["u", "p"], str(root))
+    assert "warning: runs as User=nobody" in result.changes[0].describe()
+    assert result.changes[1].warnings == []
 
 
 def test_custom_kubensenter_and_dropin_name(root: Path) -> None:
