@@ -19,6 +19,7 @@ from kubensctl.errors import EXIT_ERROR, EXIT_USAGE, KubensError
 ROOMS = (
     "kubensctl.namespace",
     "kubensctl.status",
+    "kubensctl.measure",
     "kubensctl.units",
     "kubensctl.install",
     "kubensctl.manifests",
