@@ -484,6 +484,15 @@ def _stop(proc: subprocess.Popen[str]) -> Tuple[str, str]:
         return proc.communicate()
 
 
+def _run_quiet(argv: Sequence[str]) -> Optional[str]:
+    """stdout of a best-effort helper call, None when it fails."""
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=GET_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
 def verify_node(client: Client, node: Node, timeout: float, image: str) -> NodeResult:
     argv = _debug_argv(client, node.name, image)
     try:
@@ -498,14 +507,18 @@ def verify_node(client: Client, node: Node, timeout: float, image: str) -> NodeR
     except subprocess.TimeoutExpired:
         timed_out = True
         stdout, stderr = _stop(proc)
+    facts, end = parse_verify_output(stdout + "\n" + stderr)
     if client.name == "kubectl":
         m = _KUBECTL_POD_RE.search(stderr)
-        if m:  # kubectl leaves node debugging pods behind
-            subprocess.run(
-                [client.path, "delete", "pod", m.group(1), "--wait=false"],
-                capture_output=True, timeout=GET_TIMEOUT, check=False,
-            )  # fmt: skip
-    facts, end = parse_verify_output(stdout + "\n" + stderr)
+        if m:
+            if not end and not timed_out:
+                # The script can finish before kubectl attaches ("cannot attach to a container in a
+                # completed pod"): its output is still in the pod's log.
+                logs = _run_quiet([client.path, "logs", f"pod/{m.group(1)}"])
+                if logs is not None:
+                    facts, end = parse_verify_output(logs)
+            # kubectl leaves node debugging pods behind
+            _run_quiet([client.path, "delete", "pod", m.group(1), "--wait=false"])
     if timed_out:
         return NodeResult(
             node.name, node.roles, verdict="no answer", detail=f"no answer within {_fmt_duration(timeout)}"

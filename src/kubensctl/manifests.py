@@ -64,15 +64,16 @@ _NUMBERISH = (
 )
 # Plain scalars: a conservative character set, no indicator at the start, no ': ' / ' #' inside.
 _PLAIN_OK = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9_./:=+@ -]*$")
-# Characters YAML allows in a literal block (printable, no line breaks other than \n).
-_BLOCK_BAD = re.compile("[^\t\n\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+# Characters a literal block may hold: printable, and no line break but \n (YAML 1.1 also breaks at
+# U+0085, U+2028 and U+2029).
+_BLOCK_BAD = re.compile("[^\t\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
 
 
 def _plain_ok(s: str) -> bool:
     if s.lower() in _RESERVED_WORDS or any(p.match(s) for p in _NUMBERISH):
         return False
-    if not _PLAIN_OK.fullmatch(s) or s.endswith((" ", ":")):
+    if not _PLAIN_OK.fullmatch(s) or s.endswith((" ", ":")) or s.startswith(("---", "...")):
         return False
     return ": " not in s and " #" not in s
 

@@ -428,3 +428,17 @@ def test_verify_script_runs_on_this_machine(tmp_path: Path) -> None:
     except OSError:
         pass
     assert facts["pid1"][1] == (own or "-")
+
+
+def test_kubectl_attach_race_falls_back_to_logs(kubectl_only: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    kubectl_only.all_encapsulated()
+    kubectl_only.debug(
+        "worker-1.ocp.example.com",
+        attach_fails=True,
+        namespaces={"pid1": HOST_NS, "kubelet": [2301, KUBE_NS], "crio": [1877, KUBE_NS]},
+    )
+    code, out, _ = run(capsys, "cluster", "verify")
+    assert code == 0, out
+    calls = kubectl_only.calls()
+    assert ["kubectl", "logs", "pod/node-debugger-worker-1.ocp.example.com-x7k2q"] in calls
+    assert sum(c[1] == "logs" for c in calls) == 1

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import types
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -455,7 +454,7 @@ TRICKY = [
     "\nlead", "  indented\nlines\n", "back\\slash", "uni é ü 中文", "emoji \U0001F600", "ctl \x01\x7f",
     "cr\r\nlf", "bom \ufeff", "ls \u2028", "nel \x85", "machineconfiguration.openshift.io/role",
     "kubens.service", "data:text/plain;charset=utf-8;base64,AAEC", "---", "...", "--- x", "a\n---\nb\n",
-    "a\n...\n", "# not a comment\n", "  \n  \n", "x\n \n", "ExecStart=\nExecStart=/bin/x $ARGS\n",
+    "a\n...\n", "...x", "---x", "# not a comment\n", "  \n  \n", "x\n \n", "ExecStart=\nExecStart=/bin/x $ARGS\n",
 ]  # fmt: skip
 
 
@@ -463,6 +462,21 @@ TRICKY = [
 def test_yaml_scalars_round_trip(value: str) -> None:
     doc = {"k": value, value or "empty": [value, {"n": value, "m": [value]}], "seq": [[value]]}
     assert yaml.safe_load(manifests.to_yaml(doc)) == doc
+
+
+def test_yaml_random_strings_round_trip() -> None:
+    """Many random strings over an alphabet of YAML's troublemakers, as keys, values and list items."""
+    import random
+
+    rng = random.Random(4)
+    alphabet = list("aZ09 .-_:#,[]{}&*!|>'\"%@`?=~\\/\t\n\r") + ["é", "中", "\x00", "\x7f", "\ufeff", "\u2028", "\x85"]
+    words = ["yes", "null", "0o7", "1e3", "---", "...", "- ", ": ", " #", "0x", "true", "~"]
+    for _ in range(1500):
+        parts = [rng.choice(alphabet) if rng.random() < 0.8 else rng.choice(words) for _ in range(rng.randint(0, 12))]
+        value = "".join(parts)
+        doc = {value: value, "l": [value, {value: [value]}]}
+        text = manifests.to_yaml(doc)
+        assert yaml.safe_load(text) == doc, (value, text)
 
 
 def test_yaml_shapes_round_trip() -> None:
@@ -679,12 +693,12 @@ def test_agent_bad_usage(agent_env: Dict[str, Path]) -> None:
     assert manifests.agent_main(["frobnicate"]) == 2
 
 
-def test_container_command_imports_the_agent_from_a_zipapp(agent_env: Dict[str, Path], tmp_path: Path) -> None:
+def test_container_command_imports_the_agent_from_the_build(agent_env: Dict[str, Path], tmp_path: Path) -> None:
     """The DaemonSet's `python3 -c BOOTSTRAP BUILD MODE` works from a single-file build (zipimport)."""
-    pyz = tmp_path / "real.pyz"
-    with zipfile.ZipFile(pyz, "w") as z:
-        for path in (SRC / "kubensctl").rglob("*.py"):
-            z.write(path, path.relative_to(SRC).as_posix())
+    from kubensctl import install
+
+    pyz = tmp_path / "kubensctl.pyz"
+    pyz.write_bytes(install.build_zipapp())
     ds = manifests.daemonset_manifests("kubensctl", "img", b"x")[-1]
     command = ds["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[0] == "python3"
