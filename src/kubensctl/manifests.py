@@ -398,6 +398,12 @@ def cmd_machineconfig(args: argparse.Namespace) -> int:
     version = check_ignition_version(args.ignition_version)
     files = embedded_files() if args.embed else None
     text = render_machineconfigs(roles, version, args.format, files)
+    if files is not None:
+        print(
+            "kubensctl: note: the embedded kubensctl and kubensenter run with /usr/bin/python3 (>= 3.9); "
+            "Fedora CoreOS and RHCOS do not ship it: layer it into the OS image first (docs/rollout.md)",
+            file=sys.stderr,
+        )
     if len(text.encode()) > _SIZE_WARNING * len(_check_roles(roles)):
         print("kubensctl: warning: the MachineConfigs are large (over 1 MiB each)", file=sys.stderr)
     _emit_output(text, args.output)

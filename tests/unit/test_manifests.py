@@ -305,6 +305,7 @@ def _normalized(config: Dict[str, Any]) -> Dict[str, Any]:
 def embedded(capsys: pytest.CaptureFixture[str], *extra: str) -> List[Dict[str, Any]]:
     code, out, err = run(capsys, "machineconfig", "--embed", *extra)
     assert code == 0, err
+    assert "/usr/bin/python3" in one_line(err)  # the node-side requirement is said, once
     docs = load_all(out)
     assert docs, out
     return docs
