@@ -390,6 +390,7 @@ class Node:
     name: str
     roles: str
     runtime: str  # from status.nodeInfo.containerRuntimeVersion: "crio", "containerd" or ""
+    unreachable: str = ""  # the Ready condition's message when the kubelet stopped reporting (Unknown)
 
 
 def parse_nodes(data: Dict[str, Any]) -> List[Node]:
@@ -402,7 +403,11 @@ def parse_nodes(data: Dict[str, Any]) -> List[Node]:
         info = (item.get("status") or {}).get("nodeInfo") or {}
         crv = str(info.get("containerRuntimeVersion", ""))
         runtime = "crio" if crv.startswith("cri-o") else crv.split(":", 1)[0] if "://" in crv else ""
-        nodes.append(Node(str(meta.get("name", "?")), ",".join(roles) or "<none>", runtime))
+        ready: Dict[str, Any] = next((c for c in (item.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+        unreachable = ""
+        if ready.get("status") == "Unknown":
+            unreachable = str(ready.get("message") or ready.get("reason") or "Ready=Unknown")
+        nodes.append(Node(str(meta.get("name", "?")), ",".join(roles) or "<none>", runtime, unreachable))
     return sorted(nodes, key=lambda n: n.name)
 
 
@@ -494,6 +499,9 @@ def _run_quiet(argv: Sequence[str]) -> Optional[str]:
 
 
 def verify_node(client: Client, node: Node, timeout: float, image: str) -> NodeResult:
+    if node.unreachable:
+        # No debug pod can start where the kubelet is gone: say so instead of waiting for the timeout.
+        return NodeResult(node.name, node.roles, verdict="no answer", detail=f"node unreachable: {node.unreachable}")
     argv = _debug_argv(client, node.name, image)
     try:
         proc = subprocess.Popen(

@@ -21,6 +21,7 @@ RECORDED = FAKES / "cluster"
 
 HOST_NS = "mnt:[4026531840]"
 KUBE_NS = "mnt:[4026532953]"
+UNREACHABLE = "worker-3.ocp.example.com"
 
 
 class FakeCluster:
@@ -29,7 +30,14 @@ class FakeCluster:
     def __init__(self, root: Path) -> None:
         self.dir = root / "cluster"
         (self.dir / "debug").mkdir(parents=True)
-        shutil.copy(RECORDED / "nodes.json", self.dir / "nodes.json")
+        self.nodes(unreachable=False)
+
+    def nodes(self, unreachable: bool) -> None:
+        """The recorded nodes; worker-3 (kubelet stopped posting status) only when asked for."""
+        data = json.loads((RECORDED / "nodes.json").read_text())
+        if not unreachable:
+            data["items"] = [i for i in data["items"] if i["metadata"]["name"] != UNREACHABLE]
+        (self.dir / "nodes.json").write_text(json.dumps(data, indent=4))
 
     def pools(self, *names: str) -> None:
         for i, name in enumerate(names, 1):
@@ -442,3 +450,18 @@ def test_kubectl_attach_race_falls_back_to_logs(kubectl_only: FakeCluster, capsy
     calls = kubectl_only.calls()
     assert ["kubectl", "logs", "pod/node-debugger-worker-1.ocp.example.com-x7k2q"] in calls
     assert sum(c[1] == "logs" for c in calls) == 1
+
+
+def test_verify_unreachable_node_is_not_waited_for(fake: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """A node whose kubelet stopped posting status (Ready=Unknown) cannot start a debug pod: said at once."""
+    fake.nodes(unreachable=True)
+    fake.all_encapsulated()
+    code, out, err = run(capsys, "cluster", "verify")
+    assert code == 1
+    assert " ".join(rows(out)[UNREACHABLE]).endswith(
+        "no answer (node unreachable: Kubelet stopped posting node status.)"
+    )
+    assert not any(c[1] == "debug" and c[2] == f"node/{UNREACHABLE}" for c in fake.calls())
+    assert "of 6 nodes, 1 did not answer" in err
+    # worker-2 is Ready=False (CNI not ready) but its kubelet runs host-network pods: it is checked.
+    assert rows(out)["worker-2.ocp.example.com"][6] == "encapsulated"
