@@ -403,7 +403,8 @@ def parse_nodes(data: Dict[str, Any]) -> List[Node]:
         info = (item.get("status") or {}).get("nodeInfo") or {}
         crv = str(info.get("containerRuntimeVersion", ""))
         runtime = "crio" if crv.startswith("cri-o") else crv.split(":", 1)[0] if "://" in crv else ""
-        ready: Dict[str, Any] = next((c for c in (item.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+        conditions = (item.get("status") or {}).get("conditions") or []
+        ready: Dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
         unreachable = ""
         if ready.get("status") == "Unknown":
             unreachable = str(ready.get("message") or ready.get("reason") or "Ready=Unknown")
