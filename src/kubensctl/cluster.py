@@ -70,6 +70,16 @@ def find_client() -> Client:
     )
 
 
+def _permanent(e: ClusterError) -> ClusterError:
+    """Mark an error that retrying cannot fix (credentials, permissions, wrong kind of cluster)."""
+    e.permanent = True  # type: ignore[attr-defined]
+    return e
+
+
+def is_permanent(e: ClusterError) -> bool:
+    return bool(getattr(e, "permanent", False))
+
+
 def _client_error(client: Client, stderr: str, what: str) -> ClusterError:
     """A one-line error from a failed oc/kubectl call, naming the usual fixes."""
     text = stderr.strip()
@@ -78,14 +88,16 @@ def _client_error(client: Client, stderr: str, what: str) -> ClusterError:
     first = first or (lines[-1] if lines else f"{client.name} failed with no message")
     login = "oc login" if client.name == "oc" else "set KUBECONFIG or kubectl config use-context"
     if "must be logged in" in text or "Unauthorized" in text or "provide credentials" in text:
-        return ClusterError(f"not logged in to the cluster: {first}", f"run '{login}' first")
+        return _permanent(ClusterError(f"not logged in to the cluster: {first}", f"run '{login}' first"))
     if "doesn't have a resource type" in text and "machineconfigpool" in text:
-        return ClusterError(
-            "this cluster has no MachineConfigPools (not OpenShift)",
-            "on plain Kubernetes roll out with 'kubensctl daemonset' and check with 'kubensctl cluster verify'",
+        return _permanent(
+            ClusterError(
+                "this cluster has no MachineConfigPools (not OpenShift)",
+                "on plain Kubernetes roll out with 'kubensctl daemonset' and check with 'kubensctl cluster verify'",
+            )
         )
     if "Forbidden" in text or "forbidden" in text:
-        return ClusterError(f"{what}: permission denied: {first}", "log in as a user with cluster-admin")
+        return _permanent(ClusterError(f"{what}: permission denied: {first}", "log in as a user with cluster-admin"))
     if "connection to the server" in text or "no such host" in text or "dial tcp" in text:
         return ClusterError(f"{what}: cannot reach the API server: {first}", f"check the cluster and '{login}'")
     return ClusterError(f"{what}: {first}", f"run the same {client.name} command by hand to see more")
@@ -294,8 +306,24 @@ def wait_for_pools(
     tty = bool(getattr(out, "isatty", lambda: False)())
     start = clock()
     last = ""
+    pools: List[Pool] = []
     while True:
-        pools = get_pools(client)
+        try:
+            pools = get_pools(client)
+        except ClusterError as e:
+            # Control-plane nodes reboot during a rollout, so the API server can be briefly unreachable:
+            # keep polling until the timeout unless retrying cannot help.
+            elapsed = clock() - start
+            if is_permanent(e) or not pools or elapsed >= timeout:
+                if tty and last:
+                    out.write("\n")
+                raise
+            line = f"{_progress(pools, elapsed)} (API server: {e.message})"
+            out.write(("\r\033[K" + line) if tty else line + "\n")
+            out.flush()
+            last = line
+            sleep(min(interval, max(0.0, timeout - elapsed)) or interval)
+            continue
         elapsed = clock() - start
         if any(p.is_degraded for p in pools):
             if tty and last:

@@ -144,6 +144,30 @@ def test_wait_returns_when_every_pool_is_updated(fake: FakeCluster, capsys: pyte
     assert sum(c[1:3] == ["get", "machineconfigpools"] for c in fake.calls()) == 3
 
 
+def test_wait_rides_out_an_api_server_restart(fake: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """Masters reboot during the rollout: a refused connection mid-wait is retried, not fatal."""
+    fake.pools("updating", "half")
+    refused = (
+        "The connection to the server api.ocp.example.com:6443 was refused - did you specify the right host or port?\n"
+    )
+    (fake.dir / "mcp-3.json").write_text(json.dumps({"fail": refused}))
+    shutil.copy(RECORDED / "mcp-updated.json", fake.dir / "mcp-4.json")
+    code, out, err = run(capsys, "cluster", "status", "--wait", "--timeout", "30s", "--interval", "0.05")
+    assert code == 0, err
+    assert "API server" in err and "was refused" in err
+    assert "rendered-worker-5c9e1f2a3b4d5e6f7a8b9c0d1e2f3a4b" in out
+
+
+def test_wait_gives_up_at_once_when_logged_out(fake: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.pools("updating")
+    (fake.dir / "mcp-2.json").write_text(
+        json.dumps({"fail": "error: You must be logged in to the server (Unauthorized)\n"})
+    )
+    code, _, err = run(capsys, "cluster", "status", "--wait", "--timeout", "30m", "--interval", "0.05")
+    assert code == 1
+    assert "not logged in" in err.strip().splitlines()[-1]
+
+
 def test_wait_timeout(fake: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
     fake.pools("updating")
     start = time.monotonic()
