@@ -218,7 +218,7 @@ _SIZE_WARNING = 1024 * 1024
 def _check_roles(roles: Sequence[str]) -> List[str]:
     seen: List[str] = []
     for role in roles:
-        if not _ROLE_RE.match(role) or len(role) > 63 - len("99-kubens-"):
+        if not _ROLE_RE.match(role) or len(role) > 63:  # a label value
             raise UsageError(
                 f"invalid pool role {role!r}",
                 "a role is a MachineConfigPool name: lower-case letters, digits and '-' (e.g. worker, infra)",
@@ -239,12 +239,7 @@ def check_ignition_version(version: str) -> str:
 
 def data_url(data: bytes) -> str:
     """An RFC 2397 data URL carrying ``data`` exactly (base64; the media type says text or binary)."""
-    try:
-        data.decode("utf-8")
-        text = b"\0" not in data
-    except UnicodeDecodeError:
-        text = False
-    media = "text/plain;charset=utf-8" if text else "application/octet-stream"
+    media = "text/plain;charset=utf-8" if _text(data) is not None else "application/octet-stream"
     return f"data:{media};base64,{base64.b64encode(data).decode('ascii')}"
 
 
@@ -293,6 +288,15 @@ def _install_module() -> Any:
         raise KubensError(f"this kubensctl has no node installer ({e})", "use a complete kubensctl build") from e
 
 
+def _text(data: bytes) -> Optional[str]:
+    """``data`` as text when it is UTF-8 without NUL (what a unit's ``contents`` string can carry)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if "\0" in text else text
+
+
 def ignition_config(version: str, files: Optional[Sequence[Any]] = None) -> Dict[str, Any]:
     """The Ignition config (MachineConfig ``spec.config``): enable kubens.service, and carry ``files``.
 
@@ -303,18 +307,19 @@ def ignition_config(version: str, files: Optional[Sequence[Any]] = None) -> Dict
     storage: List[Dict[str, Any]] = []
     for f in files or ():
         unit = getattr(f, "unit", None) or os.path.basename(f.path)
-        if f.kind == "unit" and f.path == f"{SYSTEMD_DIR}/{unit}" and f.mode == 0o644:
-            units.setdefault(unit, {"name": unit})["contents"] = f.data.decode("utf-8")
+        text = _text(f.data) if f.mode == 0o644 else None
+        if f.kind == "unit" and f.path == f"{SYSTEMD_DIR}/{unit}" and text is not None:
+            units.setdefault(unit, {"name": unit})["contents"] = text
             continue
         dropin = getattr(f, "dropin", None) or os.path.basename(f.path)
         if (
             f.kind == "dropin"
             and f.path == f"{SYSTEMD_DIR}/{unit}.d/{dropin}"
-            and f.mode == 0o644
             and dropin.endswith(".conf")
+            and text is not None
         ):
             entry = units.setdefault(unit, {"name": unit})
-            entry.setdefault("dropins", []).append({"contents": f.data.decode("utf-8"), "name": dropin})
+            entry.setdefault("dropins", []).append({"contents": text, "name": dropin})
             continue
         storage.append({"contents": {"source": data_url(f.data)}, "mode": f.mode, "overwrite": True, "path": f.path})
     units.setdefault(KUBENS_UNIT, {"name": KUBENS_UNIT})["enabled"] = True
@@ -356,12 +361,8 @@ def butane_config(role: str, version: str, files: Optional[Sequence[Any]] = None
     if "storage" in ign:
         bfiles = []
         for entry in ign["storage"]["files"]:
-            data = decode_data_url(entry["contents"]["source"])
-            try:
-                text: Optional[str] = data.decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
-            contents = {"inline": text} if text is not None and "\0" not in text else entry["contents"]
+            text = _text(decode_data_url(entry["contents"]["source"]))
+            contents = {"inline": text} if text is not None else entry["contents"]
             bfiles.append({"path": entry["path"], "mode": entry["mode"], "overwrite": True, "contents": contents})
         doc["storage"] = {"files": bfiles}
     units = []

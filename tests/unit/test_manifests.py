@@ -216,7 +216,7 @@ def test_roles_replace_the_pools(capsys: pytest.CaptureFixture[str]) -> None:
     assert docs[0]["metadata"]["labels"] == {"machineconfiguration.openshift.io/role": "infra"}
 
 
-@pytest.mark.parametrize("bad", ["Infra", "in fra", "-x", "a/b", "x" * 60])
+@pytest.mark.parametrize("bad", ["Infra", "in fra", "-x", "a/b", "x" * 64, "x-"])
 def test_bad_role(capsys: pytest.CaptureFixture[str], bad: str) -> None:
     code, _, err = run(capsys, "machineconfig", f"--role={bad}")
     assert code == 2
@@ -438,6 +438,7 @@ def test_units_that_are_not_plain_go_to_storage_files(install_module: types.Modu
             "/etc/systemd/system/crio.service.d/x.conf", 0o600, b"[Service]\n", "dropin", "crio.service", "x.conf"
         ),
     ]
+    files.append(NodeFile("/etc/systemd/system/odd.service", 0o644, b"\xff\xfe", "unit", "odd.service"))
     config = manifests.ignition_config("3.2.0", files)
     assert [f["path"] for f in config["storage"]["files"]] == sorted(f.path for f in files)
     assert config["systemd"]["units"] == [{"enabled": True, "name": "kubens.service"}]
