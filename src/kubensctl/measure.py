@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from kubensctl import mountinfo, namespace, procs, syscalls
-from kubensctl.errors import KubensError, PermissionDenied, UsageError
+from kubensctl.errors import KubensError, NamespaceError, PermissionDenied, UsageError
 from kubensctl.fsutil import atomic_write
 
 DEFAULT_SCRATCH_BASE = "/run"
@@ -56,6 +56,10 @@ RESULT_VERSION = 1
 
 DEFAULT_MOUNTS = 1000
 DEFAULT_CYCLES = 300
+# A pause after each cycle. systemd parses /proc/self/mountinfo at most a few times a second, so a churn
+# squeezed into a few milliseconds would show it only once or twice; containers come and go over time.
+DEFAULT_INTERVAL = 0.01
+MAX_INTERVAL = 10.0
 MAX_MOUNTS = 10000
 MAX_CYCLES = 100000
 # Mounts the bench needs besides the held ones: scratch bind, runtime dir bind, pin, churn mount.
@@ -394,7 +398,7 @@ class Leg:
         }
 
 
-def _worker(top: str, n: int, m: int, pin_fd: Optional[int], wfd: int, parent: int) -> None:
+def _worker(top: str, n: int, m: int, interval: float, pin_fd: Optional[int], wfd: int, parent: int) -> None:
     """Forked child: (join the pin,) hold ``n`` tmpfs mounts, run ``m`` cycles, unmount, report on ``wfd``."""
     out = os.fdopen(wfd, "w", buffering=1)
 
@@ -422,6 +426,8 @@ def _worker(top: str, n: int, m: int, pin_fd: Optional[int], wfd: int, parent: i
         for j in range(m):
             syscalls.mount("tmpfs", churn, "tmpfs", _TMPFS_FLAGS, _TMPFS_DATA)
             syscalls.umount2(churn)
+            if interval > 0:
+                time.sleep(interval)
             if (j + 1) % step_m == 0:
                 check_parent()
                 print(f"progress churn {j + 1}", file=out)
@@ -577,6 +583,7 @@ class Session:
         m: int,
         watch: Sequence[int],
         pin: Optional[str] = None,
+        interval: float = 0.0,
         settle: float = SETTLE_QUIET_SECONDS,
         progress: Optional[Callable[[str], None]] = None,
     ) -> Leg:
@@ -588,7 +595,7 @@ class Session:
         top = self.prepare(leg.name, n)
         pin_fd = namespace.open_namespace(pin) if pin is not None else None
         assert self.guard_w is not None
-        _settle(watch[:1], min(settle, 0.5))  # start from a quiet PID 1
+        _settle(watch[:1], settle)  # start from a quiet PID 1 (it may still digest the pin's mounts)
         before = {p: _ticks(p) for p in watch}
         phase_start = before[watch[0]]
         r, w = os.pipe()
@@ -602,7 +609,7 @@ class Session:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_DFL)
-                _worker(top, n, m, pin_fd, w, parent)
+                _worker(top, n, m, interval, pin_fd, w, parent)
             finally:
                 os._exit(1)
         self.workers.append(pid)
@@ -654,10 +661,30 @@ class Session:
         return leg
 
     def pin(self) -> namespace.Paths:
-        """Pin a temporary namespace exactly as kubens.service does (``kubensctl start``)."""
+        """Pin a temporary namespace exactly as kubens.service does (``kubensctl start``).
+
+        Linux 6.18 numbers mount namespaces from per-CPU batches, so a namespace made on one CPU can get
+        a lower id than an older one made on another, and the mount(2) that pins it then fails with
+        EINVAL (the kernel's namespace-loop check compares ids). ``start`` leaves a repairable state, so
+        retry once on each allowed CPU in turn; one of them hands out higher ids.
+        """
         paths = namespace.Paths(os.path.join(self.top, "kubens"))
-        namespace.start(paths)
-        return paths
+        try:
+            namespace.start(paths)
+            return paths
+        except NamespaceError as e:
+            error = e
+        allowed = sorted(os.sched_getaffinity(0))
+        for cpu in allowed:
+            os.sched_setaffinity(0, {cpu})
+            try:
+                namespace.start(paths)
+                return paths
+            except NamespaceError as e:
+                error = e
+            finally:
+                os.sched_setaffinity(0, allowed)
+        raise error
 
 
 def _ticks(pid: int) -> int:
@@ -673,6 +700,7 @@ class BenchResult:
     pid1: Pid1
     mounts: int
     cycles: int
+    interval: float
     shared: Leg
     encapsulated: Leg
     same_namespace: Optional[bool]
@@ -698,6 +726,7 @@ class BenchResult:
             "host_pid_namespace_checked": self.same_namespace,
             "mounts": self.mounts,
             "cycles": self.cycles,
+            "interval_seconds": self.interval,
             "clock_ticks_per_second": CLK_TCK,
             "shared": self.shared.as_dict(),
             "encapsulated": self.encapsulated.as_dict(),
@@ -705,11 +734,15 @@ class BenchResult:
         }
 
 
-def check_bounds(mounts: int, cycles: int) -> None:
+def check_bounds(mounts: int, cycles: int, interval: float = 0.0) -> None:
     if not 0 <= mounts <= MAX_MOUNTS:
         raise UsageError(f"--mounts must be between 0 and {MAX_MOUNTS}, not {mounts}", "pick a count in that range")
     if not 0 <= cycles <= MAX_CYCLES:
         raise UsageError(f"--cycles must be between 0 and {MAX_CYCLES}, not {cycles}", "pick a count in that range")
+    if not 0 <= interval <= MAX_INTERVAL:
+        raise UsageError(
+            f"--interval must be between 0 and {MAX_INTERVAL:g} seconds, not {interval:g}", "pick a pause in that range"
+        )
     if mounts == 0 and cycles == 0:
         raise UsageError("--mounts 0 with --cycles 0 measures nothing", "give at least one mount or one cycle")
 
@@ -754,8 +787,9 @@ def run_bench(
     scratch_base: str = DEFAULT_SCRATCH_BASE,
     settle: float = SETTLE_QUIET_SECONDS,
     say: Callable[[str], None] = lambda s: None,
+    interval: float = DEFAULT_INTERVAL,
 ) -> BenchResult:
-    check_bounds(mounts, cycles)
+    check_bounds(mounts, cycles, interval)
     if os.geteuid() != 0:
         raise PermissionDenied("kubensctl bench needs root: it mounts tmpfs file systems", "run it as root")
     check_headroom(mounts)
@@ -768,19 +802,20 @@ def run_bench(
     started = time.time()
     with Session(scratch_base, say) as s:
         say(f"scratch tree {s.top} (shared); {mounts} held tmpfs mounts, {cycles} mount/umount cycles per leg")
-        shared = s.run_leg(Leg("shared"), mounts, cycles, [host_pid], settle=settle, progress=say)
+        shared = s.run_leg(Leg("shared"), mounts, cycles, [host_pid], None, interval, settle, say)
         say(f"shared leg: PID {host_pid} used {shared.pid1_cpu_seconds:.2f} s CPU")
         paths = s.pin()
         say(f"pinned a temporary namespace at {paths.mnt}, as kubens.service does")
-        enc = s.run_leg(Leg("encapsulated"), mounts, cycles, [host_pid], pin=paths.mnt, settle=settle, progress=say)
+        enc = s.run_leg(Leg("encapsulated"), mounts, cycles, [host_pid], paths.mnt, interval, settle, say)
         namespace.stop(paths, force=True)
         say(f"encapsulated leg: PID {host_pid} used {enc.pid1_cpu_seconds:.2f} s CPU; unpinned")
-    return BenchResult(pid1, mounts, cycles, shared, enc, same, started)
+    return BenchResult(pid1, mounts, cycles, interval, shared, enc, same, started)
 
 
 def conclusion(r: BenchResult) -> str:
     s, e = r.shared.pid1_cpu_seconds, r.encapsulated.pid1_cpu_seconds
-    who = f"PID {r.pid1.pid} ({r.pid1.describe()})" if r.pid1.systemd else f"PID {r.pid1.pid} ({r.pid1.name})"
+    short = f"systemd {(r.pid1.version or '').split(' ')[0]}".strip() if r.pid1.systemd else r.pid1.name
+    who = f"PID {r.pid1.pid} ({short})"
     tick = 1.0 / CLK_TCK
     if s < 2 * tick:
         return (
@@ -800,7 +835,8 @@ def conclusion(r: BenchResult) -> str:
 
 def render_bench(r: BenchResult) -> str:
     lines = [
-        f"PID {r.pid1.pid}: {r.pid1.describe()}    {r.mounts} held tmpfs mounts, {r.cycles} mount/umount cycles",
+        f"PID {r.pid1.pid}: {r.pid1.describe()}    {r.mounts} held tmpfs mounts, "
+        f"{r.cycles} mount/umount cycles {1000 * r.interval:g} ms apart",
         "",
         f"  {'LEG':<14}{f'PID {r.pid1.pid} CPU':>12}{'CHURN WALL':>13}{'SETUP WALL':>13}{'TEARDOWN':>11}",
     ]
@@ -949,7 +985,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     say: Callable[[str], None] = (lambda s: None) if args.quiet else _stderr
     try:
-        result = run_bench(args.mounts, args.cycles, args.host_pid, args.scratch_base, args.settle, say)
+        result = run_bench(args.mounts, args.cycles, args.host_pid, args.scratch_base, args.settle, say, args.interval)
     except KeyboardInterrupt:
         raise Interrupted(
             "interrupted by SIGINT", "the scratch tree was removed; the mount table is as it was", exit_code=130
@@ -979,7 +1015,7 @@ def _cmd_watchers(args: argparse.Namespace) -> int:
         say: Callable[[str], None] = (lambda s: None) if args.json else _stderr
         pids = [w.pid for w in ws]
         with Session(args.scratch_base, say) as s:
-            leg = s.run_leg(Leg("measure"), args.mounts, args.cycles, pids, progress=say)
+            leg = s.run_leg(Leg("measure"), args.mounts, args.cycles, pids, None, DEFAULT_INTERVAL, progress=say)
         for w in ws:
             w.cpu_seconds = leg.cpu_by_pid.get(w.pid)
     if args.json:
@@ -1033,6 +1069,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         default=DEFAULT_CYCLES,
         metavar="M",
         help=f"mount/umount cycles, like containers starting and stopping (0..{MAX_CYCLES}, default {DEFAULT_CYCLES})",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="SECONDS",
+        help=f"pause after each cycle, as containers come and go (default {DEFAULT_INTERVAL})",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--cleanup", action="store_true", help="only remove scratch trees left by killed runs, then exit")
