@@ -477,8 +477,8 @@ def daemonset_manifests(namespace: str, image: str, build: bytes, uninstall: boo
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": {"name": role_name, "labels": labels},
-            # Nodes are cluster-scoped: the agent reads and labels the node it runs on.
-            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}],
+            # Nodes are cluster-scoped: the agent labels the node it runs on (a merge patch, nothing else).
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -553,7 +553,11 @@ def cmd_daemonset(args: argparse.Namespace) -> int:
 # The DaemonSet's agent (runs in the container; stdlib only)
 # --------------------------------------------------------------------------------------------------
 
-_NSENTER = ("nsenter", "--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--")
+# PID 1's namespaces, with the host's own environment rather than the container image's.
+_NSENTER = (
+    "nsenter", "--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--",
+    "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+)  # fmt: skip
 _SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 

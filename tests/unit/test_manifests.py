@@ -555,7 +555,7 @@ def test_daemonset_carries_the_build(install_module: types.ModuleType, capsys: p
     binding = next(d for d in docs if d["kind"] == "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubensctl", "namespace": "ops-kubens"}]
     role = next(d for d in docs if d["kind"] == "ClusterRole")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]
 
 
 def test_daemonset_uninstall(install_module: types.ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
@@ -663,8 +663,9 @@ def test_agent_install_marks_reboot(agent_env: Dict[str, Path], monkeypatch: pyt
         )
     ]
     calls = nsenter_calls(agent_env["log"])
-    assert all(c[:8] == ["--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--"] for c in calls)
-    assert ["python3", "/usr/local/bin/kubensctl", "install"] in [c[8:] for c in calls]
+    prefix = ["--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--", "env", "-i"]
+    assert all(c[:10] == prefix and c[10].startswith("PATH=") for c in calls)
+    assert ["python3", "/usr/local/bin/kubensctl", "install"] in [c[11:] for c in calls]
     assert agent_env["done"].read_text() == "reboot-required\n"
 
 
@@ -678,7 +679,7 @@ def test_agent_after_reboot_clears_the_mark(agent_env: Dict[str, Path], monkeypa
 def test_agent_uninstall(agent_env: Dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_STATUS_RC", "0")  # still encapsulated until the next boot
     assert manifests.agent_main(["uninstall"]) == 0
-    assert ["python3", manifests.HOST_AGENT_COPY, "uninstall"] in [c[8:] for c in nsenter_calls(agent_env["log"])]
+    assert ["python3", manifests.HOST_AGENT_COPY, "uninstall"] in [c[11:] for c in nsenter_calls(agent_env["log"])]
     assert _API.patches[0][1]["metadata"]["labels"]["kubensctl.io/reboot-required"] == "true"
 
 
