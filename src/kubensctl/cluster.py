@@ -58,11 +58,14 @@ class Client:
     name: str  # "oc" or "kubectl"
 
 
-def find_client() -> Client:
-    for name in ("oc", "kubectl"):
+def find_client(only: Optional[str] = None) -> Client:
+    """``oc`` if it is on PATH, else ``kubectl`` (or just ``only``, when the user chose)."""
+    for name in (only,) if only else ("oc", "kubectl"):
         path = shutil.which(name)
         if path:
             return Client(path, name)
+    if only:
+        raise ClusterError(f"{only} was not found on PATH", f"install {only} or drop --client", EXIT_NOT_FOUND)
     raise ClusterError(
         "neither oc nor kubectl was found on PATH",
         "install the OpenShift CLI (oc) or kubectl and log in to the cluster",
@@ -362,7 +365,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     timeout = parse_duration(args.timeout)
     if args.interval <= 0:
         raise UsageError(f"invalid --interval {args.interval}", "give a positive number of seconds")
-    client = find_client()
+    client = find_client(args.client)
     if args.wait:
         pools = wait_for_pools(client, timeout, args.interval)
         sys.stdout.write(pool_table(pools))
@@ -612,7 +615,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         raise UsageError(f"invalid --parallel {args.parallel}", "give at least 1")
     node_timeout = parse_duration(args.node_timeout)
-    client = find_client()
+    client = find_client(args.client)
     selector = ["-l", args.selector] if args.selector else []
     nodes = parse_nodes(get_json(client, ["nodes", *selector], "listing nodes"))
     if not nodes:
@@ -683,6 +686,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         metavar="SECONDS",
         help=f"with --wait: seconds between polls (default {DEFAULT_INTERVAL:.0f})",
     )
+    s.add_argument(
+        "--client",
+        choices=("oc", "kubectl"),
+        help="use this client (default: oc if it is on PATH, else kubectl)",
+    )
     s.set_defaults(func=cmd_status)
 
     v = csub.add_parser(
@@ -706,5 +714,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         default=os.environ.get("KUBENSCTL_DEBUG_IMAGE", DEFAULT_DEBUG_IMAGE),
         metavar="IMAGE",
         help=f"kubectl only: debug pod image, needs chroot (default {DEFAULT_DEBUG_IMAGE})",
+    )
+    v.add_argument(
+        "--client",
+        choices=("oc", "kubectl"),
+        help="use this client (default: oc if it is on PATH, else kubectl)",
     )
     v.set_defaults(func=cmd_verify)

@@ -489,3 +489,40 @@ def test_verify_unreachable_node_is_not_waited_for(fake: FakeCluster, capsys: py
     assert "of 6 nodes, 1 did not answer" in err
     # worker-2 is Ready=False (CNI not ready) but its kubelet runs host-network pods: it is checked.
     assert rows(out)["worker-2.ocp.example.com"][6] == "encapsulated"
+
+
+def test_client_choice(fake: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """--client kubectl uses kubectl even with oc first on PATH (e.g. oc's tools image is not reachable)."""
+    fake.all_encapsulated()
+    code, _, _ = run(capsys, "cluster", "verify", "--client", "kubectl", "-l", "node-role.kubernetes.io/master")
+    assert code == 0
+    assert {c[0] for c in fake.calls()} == {"kubectl"}
+
+
+def test_chosen_client_missing(kubectl_only: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "cluster", "status", "--client", "oc")
+    assert code == 127
+    assert "oc was not found on PATH" in one_line(err)
+
+
+def test_progress_on_a_terminal_rewrites_one_line() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    now = [0.0]
+    seq = [json.loads((RECORDED / f"mcp-{n}.json").read_text()) for n in ("updating", "half", "updated")]
+    original = cluster.get_pools
+    cluster.get_pools = lambda c: cluster.parse_pools(seq.pop(0))  # type: ignore[assignment]
+    out = Tty()
+    try:
+        pools = cluster.wait_for_pools(
+            cluster.Client("oc", "oc"), 60, 5, out=out, clock=lambda: now[0],
+            sleep=lambda s: now.__setitem__(0, now[0] + s),
+        )  # fmt: skip
+    finally:
+        cluster.get_pools = original  # type: ignore[assignment]
+    assert all(p.done for p in pools)
+    text = out.getvalue()
+    assert text.count("\r\033[K") == 2 and text.endswith("\n")
+    assert "master 0/3*, worker 1/3*" in text and "master 2/3*, worker 3/3" in text
