@@ -20,6 +20,7 @@ ROOMS = (
     "kubensctl.namespace",
     "kubensctl.status",
     "kubensctl.measure",
+    "kubensctl.metrics",
     "kubensctl.units",
     "kubensctl.install",
     "kubensctl.manifests",
