@@ -26,7 +26,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, NoReturn, Optional, Sequence
+
+# typing costs more than the rest of this file (it pulls in re, enum, collections, functools): keep it
+# for the type checker only. Annotations are strings (the __future__ import) and never evaluated.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, List, NoReturn, Optional, Sequence
 
 DEFAULT_KUBENSMNT = "/run/kubens/mnt"
 CLONE_NEWNS = 0x00020000  # include/uapi/linux/sched.h
@@ -66,16 +71,44 @@ def _setns(fd: int, path: str) -> None:
     if native is not None:
         native(fd, CLONE_NEWNS)
         return
-    # Python < 3.12 (RHEL 9's 3.9, Debian 12's 3.11): call libc. Imported here, not at the top,
-    # so the common "nothing to join" path never pays for ctypes.
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
-    libc.setns.restype = ctypes.c_int
-    if libc.setns(fd, CLONE_NEWNS) != 0:
-        err = ctypes.get_errno()
+    # Python < 3.12 (RHEL 9's 3.9, Debian 12's 3.11): call libc. Imported here, not at the top, so the
+    # common "nothing to join" path never pays for it; and through _ctypes, the C half of ctypes, because
+    # `import ctypes` costs about as much as everything else kubensenter does (benchmarks/).
+    setns = _libc_setns()
+    if setns(fd, CLONE_NEWNS) != 0:
+        err = _get_errno()
         raise OSError(err, os.strerror(err), path)
+
+
+def _get_errno() -> int:
+    import _ctypes
+
+    return _ctypes.get_errno()
+
+
+def _libc_setns() -> Callable[[int, int], int]:
+    """libc's ``int setns(int, int)`` with errno kept for _get_errno(), as ctypes.CDLL(None, use_errno=True) gives."""
+    try:
+        import _ctypes
+
+        class c_int(_ctypes._SimpleCData):  # type: ignore[type-arg]  # ctypes.c_int
+            _type_ = "i"
+
+        class Function(_ctypes.CFuncPtr):  # a C function returning int, errno saved after the call
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = c_int
+
+        class Libc:  # what CFuncPtr((name, library)) reads: the dlopen(3) handle
+            _handle = _ctypes.dlopen(None, os.RTLD_NOW)  # type: ignore[arg-type]  # NULL: the program itself
+
+        return Function(("setns", Libc()))  # type: ignore[arg-type]
+    except (ImportError, AttributeError, TypeError):  # an interpreter whose _ctypes differs: use ctypes
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.setns.restype = ctypes.c_int
+        return libc.setns
 
 
 def _nstype(fd: int) -> Optional[int]:
