@@ -619,8 +619,10 @@ def agent_main(argv: Sequence[str]) -> int:
     1. copy the single-file build to the host, 2. run ``kubensctl install`` (or ``uninstall``) there with
     the host's python3 inside PID 1's namespaces, 3. ask ``kubensctl status`` whether the running
     kubelet matches the configuration (exit 0 encapsulated, 3 not), 4. when a reboot is needed, write
-    kured's sentinel file and label the node ``kubensctl.io/reboot-required=true``; otherwise remove
-    both. Then report ready and sleep: the next boot restarts the pod, which confirms and clears the mark.
+    kured's sentinel file and label the node ``kubensctl.io/reboot-required=true``; otherwise remove the
+    label (the sentinel lives in /run and goes with the reboot). Then report ready and sleep: the next boot
+    restarts the pod, which confirms and clears the mark. On an error it exits 1, so the kubelet retries
+    with its back-off and the pod's log says why.
     """
     mode = argv[0] if argv else "install"
     build_path = os.environ.get("KUBENSCTL_BUILD", f"{BUILD_DIR}/{BUILD_KEY}")
