@@ -31,8 +31,8 @@ OURS = [
     ("kubensenter_latency", "kubensenter_latency.py", ["--runs", "40", "--warmup", "5"]),
     ("status_scale", "status_scale.py", ["--runs", "5", "--warmup", "1"]),
 ]
-# Someone else's benchmark: run as is, if present; its own output is its report.
-OPTIONAL = [("pid1_cpu", "pid1_cpu.py")]
+# Maintained separately: run when the file is there (same --summary/--no-write flags), fine when absent.
+OPTIONAL = [("pid1_cpu", "pid1_cpu.py", ["--counts", "0,1000", "--cycles", "100"])]
 
 
 def run_one(name: str, argv: List[str], summary: Optional[str]) -> Dict[str, Any]:
@@ -60,9 +60,14 @@ def print_summary(results: List[Dict[str, Any]]) -> None:
     for r in results:
         print(f"\n{r['name']}: {r['status']} ({r['seconds']} s)")
         s = r.get("summary")
-        if not s:
+        if not isinstance(s, dict):
             continue
-        if s["benchmark"] == "kubensenter_latency":
+        kind = s.get("benchmark")
+        if kind not in ("kubensenter_latency", "status_scale"):
+            for key, value in s.items():
+                print(f"  {key}: {value}")
+            continue
+        if kind == "kubensenter_latency":
             base = s["cases"][s["baseline"]]["median_ms"]
             print(f"  baseline {s['baseline']}: {base:.2f} ms median")
             for case, c in s["cases"].items():
@@ -70,7 +75,7 @@ def print_summary(results: List[Dict[str, Any]]) -> None:
                 if c["target"] is not None:
                     target = f"  target <= {c['target']:g}x: {'met' if c['ratio'] <= c['target'] else 'MISSED'}"
                 print(f"  {case:<24} {c['median_ms']:8.2f} ms  p90 {c['p90_ms']:8.2f}  {c['ratio']:5.2f}x{target}")
-        elif s["benchmark"] == "status_scale":
+        else:
             fx = s["fixture"]
             print(
                 f"  fixture: {fx['pinned_mounts']} pinned mounts ({fx['hidden_mounts']} hidden), "
@@ -109,14 +114,20 @@ def main(argv: List[str]) -> int:
             if args.no_write:
                 cmd.append("--no-write")
             results.append(run_one(name, cmd, summary))
-        for name, filename in OPTIONAL:
+        for name, filename, quick in OPTIONAL:
             if args.only and name not in args.only:
                 continue
             path = os.path.join(HERE, filename)
             if not os.path.exists(path):
                 results.append({"name": name, "status": "absent", "exit": None, "seconds": 0})
                 continue
-            results.append(run_one(name, [sys.executable, path], None))
+            summary = os.path.join(tmp, f"{name}.json")
+            cmd = [sys.executable, path, "--summary", summary]
+            if args.quick:
+                cmd += quick
+            if args.no_write:
+                cmd.append("--no-write")
+            results.append(run_one(name, cmd, summary))
     print_summary(results)
     return 1 if any(r["status"] == "failed" for r in results) else 0
 
