@@ -249,3 +249,34 @@ def test_next_run_removes_leftovers(tmp_path: Path) -> None:
     assert doc["rc"] == 0, doc["err"]
     assert "removed the leftover scratch tree" in doc["err"]
     assert doc["after_dirs"] == []
+
+
+WATCHERS_DRIVER = r"""
+import json, subprocess, sys
+w = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True)
+assert w.stdout.readline() == "ready\n"
+with open("/proc/self/mountinfo") as f:
+    before = f.read()
+r = subprocess.run([sys.executable, "-m", "kubensctl", "watchers", "--json", "--measure", "--host-pid", str(w.pid),
+                    "--mounts", "200", "--cycles", "100", "--scratch-base", sys.argv[2]], capture_output=True, text=True)
+with open("/proc/self/mountinfo") as f:
+    after = f.read()
+w.kill()
+print(json.dumps({"rc": r.returncode, "out": r.stdout, "err": r.stderr, "pid": w.pid, "same": before == after}))
+"""
+
+
+def test_watchers_measure(tmp_path: Path) -> None:
+    r = run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", WATCHERS_DRIVER, WATCHER, str(tmp_path)],
+        env=dict(os.environ, PYTHONPATH=str(SRC)),
+        timeout=300,
+    )
+    doc = json.loads(r.stdout)
+    assert doc["rc"] == 0, doc["err"]
+    assert doc["same"] and os.listdir(tmp_path) == []
+    out = json.loads(doc["out"])
+    mine = [w for w in out["watchers"] if w["pid"] == doc["pid"]]
+    assert mine and mine[0]["encapsulation_hides_container_mounts"] == "yes"
+    assert mine[0]["cpu_seconds"] > 0
+    assert out["churn"] == {"mounts": 200, "cycles": 100}
