@@ -4,16 +4,12 @@ The package root stays import-light: ``kubensenter`` imports ``kubensctl.enter``
 invocation, so nothing heavy is imported here.
 """
 
-from __future__ import annotations
-
-from typing import Optional
-
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "join"]
 
 
-def join(path: Optional[str] = None) -> Optional[str]:
+def join(path: "str | None" = None) -> "str | None":
     """Join the Kubernetes mount namespace named by ``path`` or ``$KUBENSMNT``.
 
     Call it at program start-up, before any thread starts (setns(2) refuses CLONE_NEWNS in a

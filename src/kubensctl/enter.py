@@ -17,18 +17,17 @@ Exit status: the COMMAND's own; 1 when the namespace cannot be joined, 2 on bad 
 126 when COMMAND is not executable, 127 when it is not found.
 
 This file is self-contained and imports only the standard library: `kubensctl install` lays it on
-nodes as /usr/local/bin/kubensenter, run by the system python3 in isolated mode. It is on the path of
-every kubelet and runtime start, so it avoids the mount table (one open, one ioctl) and ctypes where
-the interpreter has os.setns (Python >= 3.12).
+nodes as /usr/local/bin/kubensenter, run by the system python3 in isolated mode without site (-IS).
+It is on the path of every kubelet and runtime start, so it is written for start-up time (see
+benchmarks/): no mount table parsing (one open, one ioctl); `posix` rather than `os` (with -S nothing
+has imported os, which costs more than the rest of this file); no typing or __future__ imports at run
+time (annotations are quoted); libc's setns through _ctypes where the interpreter lacks os.setns.
 """
 
-from __future__ import annotations
-
-import os
+import posix
 import sys
 
-# typing costs more than the rest of this file (it pulls in re, enum, collections, functools): keep it
-# for the type checker only. Annotations are strings (the __future__ import) and never evaluated.
+# typing pulls in re, enum, collections and functools: keep it for the type checker only.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, List, NoReturn, Optional, Sequence
@@ -67,7 +66,7 @@ class _Log:
 
 
 def _setns(fd: int, path: str) -> None:
-    native = getattr(os, "setns", None)
+    native = getattr(posix, "setns", None)
     if native is not None:
         native(fd, CLONE_NEWNS)
         return
@@ -77,7 +76,7 @@ def _setns(fd: int, path: str) -> None:
     setns = _libc_setns()
     if setns(fd, CLONE_NEWNS) != 0:
         err = _get_errno()
-        raise OSError(err, os.strerror(err), path)
+        raise OSError(err, posix.strerror(err), path)
 
 
 def _get_errno() -> int:
@@ -86,7 +85,7 @@ def _get_errno() -> int:
     return _ctypes.get_errno()
 
 
-def _libc_setns() -> Callable[[int, int], int]:
+def _libc_setns() -> "Callable[[int, int], int]":
     """libc's ``int setns(int, int)`` with errno kept for _get_errno(), as ctypes.CDLL(None, use_errno=True) gives."""
     try:
         import _ctypes
@@ -99,7 +98,7 @@ def _libc_setns() -> Callable[[int, int], int]:
             _restype_ = c_int
 
         class Libc:  # what CFuncPtr((name, library)) reads: the dlopen(3) handle
-            _handle = _ctypes.dlopen(None, os.RTLD_NOW)  # type: ignore[arg-type]  # NULL: the program itself
+            _handle = _ctypes.dlopen(None, posix.RTLD_NOW)  # type: ignore[arg-type]  # NULL: the program itself
 
         return Function(("setns", Libc()))  # type: ignore[arg-type]
     except (ImportError, AttributeError, TypeError):  # an interpreter whose _ctypes differs: use ctypes
@@ -111,7 +110,7 @@ def _libc_setns() -> Callable[[int, int], int]:
         return libc.setns
 
 
-def _nstype(fd: int) -> Optional[int]:
+def _nstype(fd: int) -> "Optional[int]":
     import fcntl
 
     try:
@@ -120,11 +119,11 @@ def _nstype(fd: int) -> Optional[int]:
         return None  # ENOTTY: not an nsfs file
 
 
-def _open(path: str, explicit: bool, log: _Log) -> Optional[int]:
+def _open(path: str, explicit: bool, log: "_Log") -> "Optional[int]":
     """fd of the mount namespace to join, or None to stay in the current one."""
     source = "KUBENSMNT" if explicit else "Autodetect"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
     except FileNotFoundError:
         if explicit:
             raise Fail(f"KUBENSMNT={path} does not exist (start kubens.service, or unset KUBENSMNT)") from None
@@ -141,7 +140,7 @@ def _open(path: str, explicit: bool, log: _Log) -> Optional[int]:
         else:
             log(DEFAULT, f"Autodetect: kubens.service namespace found at {path}")
         return fd
-    os.close(fd)
+    posix.close(fd)
     if kind is None:
         # A stale env file must never keep kubelet from starting: warn and carry on.
         log(DEFAULT, f"{source}: {path} is not a mounted namespace; running in the current mount namespace")
@@ -156,14 +155,14 @@ def _open(path: str, explicit: bool, log: _Log) -> Optional[int]:
     return None
 
 
-def _join(fd: int, path: str, log: _Log) -> None:
+def _join(fd: int, path: str, log: "_Log") -> None:
     try:
-        if os.fstat(fd).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+        if posix.fstat(fd).st_ino == posix.stat("/proc/self/ns/mnt").st_ino:
             log(VERBOSE, f"already in the mount namespace at {path}")
             return
         cwd: Optional[str]
         try:
-            cwd = os.getcwd()
+            cwd = posix.getcwd()
         except OSError:
             cwd = None
         try:
@@ -177,18 +176,18 @@ def _join(fd: int, path: str, log: _Log) -> None:
         # setns(2) moves the working directory to the namespace's root; keep the caller's.
         if cwd is not None:
             try:
-                os.chdir(cwd)
+                posix.chdir(cwd)
             except OSError:
                 log(VERBOSE, f"{cwd} does not exist in the namespace; working directory is /")
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _usage() -> str:
     return (__doc__ or "").split("\n\nThis file", 1)[0].strip() + "\n"
 
 
-def _parse(argv: Sequence[str], log: _Log) -> List[str]:
+def _parse(argv: "Sequence[str]", log: "_Log") -> "List[str]":
     args = list(argv)
     while args:
         a = args[0]
@@ -209,12 +208,39 @@ def _parse(argv: Sequence[str], log: _Log) -> List[str]:
     return args
 
 
-def _exec(command: List[str], log: _Log) -> NoReturn:
+def _env(name: str) -> str:
+    value = posix.environ.get(name.encode())
+    return value.decode("utf-8", "surrogateescape") if value else ""
+
+
+def _execvp(file: str, argv: "List[str]") -> "NoReturn":
+    """execvp(3) over posix.execv: a name without '/' is looked up in $PATH.
+
+    As execvp(3) does: an error other than "not found" (EACCES: a directory or a file without the x bit)
+    is remembered and wins over the ENOENTs of later directories.
+    """
+    if "/" in file:
+        posix.execv(file, argv)
+    remembered: Optional[OSError] = None
+    last: OSError = FileNotFoundError(2, "No such file or directory", file)
+    for d in (_env("PATH") or "/usr/local/bin:/usr/bin:/bin").split(":"):
+        try:
+            posix.execv(f"{d or '.'}/{file}", argv)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            last = e
+        except OSError as e:
+            last = e
+            if remembered is None:
+                remembered = e
+    raise remembered or last
+
+
+def _exec(command: "List[str]", log: "_Log") -> "NoReturn":
     log(VERBOSE, f"exec {' '.join(command)}")
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execvp(command[0], command)
+        _execvp(command[0], command)
     except FileNotFoundError:
         raise Fail(f"{command[0]}: command not found", EXIT_NOT_FOUND) from None
     except PermissionError:
@@ -223,22 +249,21 @@ def _exec(command: List[str], log: _Log) -> NoReturn:
         raise Fail(f"{command[0]}: cannot execute: {e.strerror}", EXIT_NOT_EXECUTABLE) from None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    env = os.environ
+def main(argv: "Optional[Sequence[str]]" = None) -> int:
     try:
-        level = int(env.get("KUBENSENTER_LOG", DEFAULT))
+        level = int(_env("KUBENSENTER_LOG") or DEFAULT)
     except ValueError:
         level = DEFAULT
     log = _Log(level)
     try:
         command = _parse(sys.argv[1:] if argv is None else argv, log)
-        explicit = env.get("KUBENSMNT", "")
-        path = explicit or env.get("DEFAULT_KUBENSMNT", "") or DEFAULT_KUBENSMNT
+        explicit = _env("KUBENSMNT")
+        path = explicit or _env("DEFAULT_KUBENSMNT") or DEFAULT_KUBENSMNT
         fd = _open(path, bool(explicit), log)
         if fd is not None:
             _join(fd, path, log)
         if not command:
-            command = [env.get("SHELL") or "/bin/sh"]
+            command = [_env("SHELL") or "/bin/sh"]
         _exec(command, log)
     except Fail as e:
         sys.stderr.write(f"kubensenter: {e}\n")
