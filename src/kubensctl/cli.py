@@ -27,6 +27,26 @@ ROOMS = (
     "kubensctl.cluster",
 )
 
+# Which room registers each top-level command: a run imports only the room it needs (start-up time
+# matters for status on big nodes); --help and unknown commands import them all.
+COMMAND_ROOMS = {
+    "start": "kubensctl.namespace",
+    "stop": "kubensctl.namespace",
+    "status": "kubensctl.status",
+    "mounts": "kubensctl.status",
+    "bench": "kubensctl.measure",
+    "watchers": "kubensctl.measure",
+    "metrics": "kubensctl.metrics",
+    "wrap": "kubensctl.units",
+    "unwrap": "kubensctl.units",
+    "exec-start": "kubensctl.units",
+    "install": "kubensctl.install",
+    "uninstall": "kubensctl.install",
+    "machineconfig": "kubensctl.manifests",
+    "daemonset": "kubensctl.manifests",
+    "cluster": "kubensctl.cluster",
+}
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -37,7 +57,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _rooms_for(argv: Sequence[str]) -> Sequence[str]:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in COMMAND_ROOMS and not any(a in ("-h", "--help") for a in argv[: argv.index(command)]):
+        return (COMMAND_ROOMS[command],)
+    return ROOMS
+
+
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="kubensctl",
         description="Install, verify, inspect, roll out and measure Kubernetes mount namespace encapsulation.",
@@ -46,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for room in ROOMS:
+    for room in ROOMS if argv is None else _rooms_for(argv):
         importlib.import_module(room).add_commands(sub)
     return parser
 
@@ -55,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args_list or os.environ.get("KUBENSCTL_DEBUG") == "1"
     try:
-        parser = build_parser()
+        parser = build_parser(args_list)
         args = parser.parse_args(args_list)
         handler: Handler = args.func
         return handler(args)
