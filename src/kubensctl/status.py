@@ -170,6 +170,15 @@ def evaluate(
                 fix_start + ", then " + fix_restart,
             )
         )
+    elif pinned and elsewhere:
+        # Typically: the pin was torn down (stop --force) and made again under a running runtime.
+        problems.append(
+            Problem(
+                f"{', '.join(p.name for p in elsewhere)} run in {elsewhere[0].mntns}, not in the pinned "
+                f"namespace {pin.ns} (a pin re-made under running processes?)",
+                fix_restart,
+            )
+        )
 
     if pinned and pin.ns != host_ns and host_table is not None:
         report.leaked = leaked_mounts(host_table)

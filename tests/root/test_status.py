@@ -110,3 +110,16 @@ def test_mounts_inventory(scratch: Scratch) -> None:
 def test_mounts_without_pin_exits_3(scratch: Scratch) -> None:
     r = kubensctl("mounts", "--runtime-dir", scratch.runtime_dir, "--host-pid", str(os.getpid()))
     assert r.returncode == 3 and r.stderr.count("\n") == 1
+
+
+def test_degraded_processes_in_an_old_pin(scratch: Scratch) -> None:
+    """A pin torn down under running processes (stop --force) and made again: they are left behind."""
+    kubensctl("start", "--runtime-dir", scratch.runtime_dir, check=True)
+    scratch.start_in(scratch.pin, "kubelet")
+    scratch.start_in(scratch.pin, "crio")
+    kubensctl("stop", "--runtime-dir", scratch.runtime_dir, "--force", check=True)
+    kubensctl("start", "--runtime-dir", scratch.runtime_dir, check=True)
+    code, doc = status(scratch)
+    assert code == 1 and doc["verdict"] == "degraded"
+    assert any("not in the pinned namespace" in p["message"] for p in doc["problems"])
+    assert {p["where"] for p in doc["processes"]} == {"other"}
