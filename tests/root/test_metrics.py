@@ -1,4 +1,8 @@
-"""kubensctl metrics on real namespaces, parsed with the official Prometheus parser (prometheus_client)."""
+"""kubensctl metrics on real namespaces, parsed with the official Prometheus parser (prometheus_client).
+
+The stand-in kubelet has a name of its own (KUBELET): other tests and benchmarks on this machine start
+processes called kubelet, which would count here.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ from nstest import Scratch, kubensctl, run
 
 pytestmark = pytest.mark.requires_root
 
+KUBELET = "kmtest-kubelet"
+
 
 def scrape(s: Scratch, *extra: str) -> Dict[str, Dict[Tuple[Tuple[str, str], ...], float]]:
     r = kubensctl(
-        "metrics", "--runtime-dir", s.runtime_dir, "--host-pid", str(os.getpid()), "--process", "kubelet", *extra
+        "metrics", "--runtime-dir", s.runtime_dir, "--host-pid", str(os.getpid()), "--process", KUBELET, *extra
     )
     assert r.returncode == 0, r.stderr
     return parse(r.stdout)
@@ -38,7 +44,7 @@ def one(m: Dict[str, Any], name: str, **labels: str) -> float:
 
 
 def test_not_encapsulated(scratch: Scratch, tmp_path: Path) -> None:
-    scratch.start_in(None, "kubelet")
+    scratch.start_in(None, KUBELET)
     m = scrape(scratch, "--bench-file", str(tmp_path / "none.json"))
     assert one(m, "kubensctl_encapsulated") == 0
     assert one(m, "kubensctl_verdict", verdict="not-encapsulated") == 1
@@ -52,7 +58,7 @@ def test_not_encapsulated(scratch: Scratch, tmp_path: Path) -> None:
 
 def test_encapsulated_with_hidden_mounts_and_bench(scratch: Scratch, tmp_path: Path) -> None:
     kubensctl("start", "--runtime-dir", scratch.runtime_dir, check=True)
-    scratch.start_in(scratch.pin, "kubelet")
+    scratch.start_in(scratch.pin, KUBELET)
     # Two "container" mounts made inside the pinned namespace: hidden from the host.
     for i, fstype in enumerate(("tmpfs", "tmpfs")):
         d = scratch.path("pods", f"vol{i}")
@@ -98,7 +104,15 @@ def test_textfile_atomic_and_parseable(scratch: Scratch, tmp_path: Path) -> None
     out.parent.mkdir()
     out.write_text("stale\n")
     r = kubensctl(
-        "metrics", "--runtime-dir", scratch.runtime_dir, "--host-pid", str(os.getpid()), "--textfile", str(out)
+        "metrics",
+        "--runtime-dir",
+        scratch.runtime_dir,
+        "--host-pid",
+        str(os.getpid()),
+        "--process",
+        KUBELET,
+        "--textfile",
+        str(out),
     )
     assert r.returncode == 0 and r.stdout == "", r.stderr
     m = parse(out.read_text())

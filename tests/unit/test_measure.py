@@ -279,7 +279,7 @@ def test_collect_without_root_still_exposes(tmp_path: Path) -> None:
     }
     (tmp_path / "bench.json").write_text(json.dumps(bench))
     text = metrics.exposition(
-        metrics.namespace.Paths(str(tmp_path / "kubens")), os.getpid(), ["kubelet"], str(tmp_path / "bench.json")
+        metrics.namespace.Paths(str(tmp_path / "kubens")), os.getpid(), ["kmtest-none"], str(tmp_path / "bench.json")
     )
     fams = parse(text)
     names = [f.name for f in text_string_to_metric_families(text)]
