@@ -49,13 +49,27 @@ def matches(name: str, wanted: Iterable[str]) -> bool:
     return False
 
 
-def find(names: Iterable[str] = DEFAULT_NAMES) -> List[Proc]:
-    """Processes whose name (comm) is one of ``names`` (also NAME-server / NAME-agent)."""
+def pidns(pid: "int | str") -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def find(names: Iterable[str] = DEFAULT_NAMES, same_pidns_as: "int | str | None" = None) -> List[Proc]:
+    """Processes whose name (comm) is one of ``names`` (also NAME-server / NAME-agent).
+
+    With ``same_pidns_as``, only processes in that process's PID namespace: a kubelet of a nested node
+    (kind, k3d, a systemd-nspawn machine) is visible in /proc but is not this node's.
+    """
     wanted = tuple(names)
+    want_pidns = pidns(same_pidns_as) if same_pidns_as is not None else None
     found = []
     for pid in pids():
         name = comm(pid)
         if name is not None and matches(name, wanted):
+            if want_pidns is not None and pidns(pid) != want_pidns:
+                continue
             found.append(Proc(pid, name, mntns_or_none(pid)))
     found.sort(key=lambda p: p.pid)
     return found

@@ -131,7 +131,7 @@ def evaluate(
         host_table = None
     self_table = mountinfo.read() if host_table is None else None
     pin = namespace.inspect(paths, self_table if host_ns == procs.mntns("self") else None)
-    found = procs.find(names)
+    found = procs.find(names, same_pidns_as=host_pid)
     report = Report(NOT_ENCAPSULATED, host_pid, host_ns, pin, found)
     problems = report.problems
     pinned = pin.pin == namespace.PIN_MNT
