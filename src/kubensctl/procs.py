@@ -49,14 +49,14 @@ def matches(name: str, wanted: Iterable[str]) -> bool:
     return False
 
 
-def pidns(pid: "int | str") -> Optional[str]:
+def pidns(pid: int | str) -> Optional[str]:
     try:
         return os.readlink(f"/proc/{pid}/ns/pid")
     except OSError:
         return None
 
 
-def find(names: Iterable[str] = DEFAULT_NAMES, same_pidns_as: "int | str | None" = None) -> List[Proc]:
+def find(names: Iterable[str] = DEFAULT_NAMES, same_pidns_as: int | str | None = None) -> List[Proc]:
     """Processes whose name (comm) is one of ``names`` (also NAME-server / NAME-agent).
 
     With ``same_pidns_as``, only processes in that process's PID namespace: a kubelet of a nested node
