@@ -13,7 +13,7 @@ the title. Exit 77 (skipped) when no systemd node can be reached.
 
 The node: ``--node-pid PID`` names the PID (as the host sees it) of a booted node's systemd, entered with
 ``nsenter -t PID -m -p -u -i``, with this repository's src at /opt/kubensctl/src inside (``--bind-ro``).
-Without it, tools/testnode.py boots one.
+Without it, tools/testnode.py boots one (and removes it afterwards).
 
 Usage: python3 benchmarks/pid1_cpu.py [--node-pid PID] [--counts 0,250,...] [--cycles 300]
                                       [--repeat 1] [--summary FILE] [--no-write]
@@ -66,18 +66,20 @@ def acquire(node_pid: Optional[int]) -> Iterator[Node]:
         return
     sys.path.insert(0, os.path.join(C.REPO, "tools"))
     try:
-        import testnode  # type: ignore[import-not-found]
+        import testnode
     except ImportError:
         print(f"{NAME}: skipped: no systemd node (tools/testnode.py missing; pass --node-pid PID)", file=sys.stderr)
         raise SystemExit(C.EXIT_SKIPPED) from None
-    for attr in ("booted", "boot", "Node"):
-        factory = getattr(testnode, attr, None)
-        if callable(factory):
-            with factory() as node:
-                yield node
-            return
-    print(f"{NAME}: skipped: tools/testnode.py offers no booted-node context manager", file=sys.stderr)
-    raise SystemExit(C.EXIT_SKIPPED)
+    problem = testnode.host_tools_ready()
+    if problem:
+        print(f"{NAME}: skipped: cannot boot a systemd node here: {problem}", file=sys.stderr)
+        raise SystemExit(C.EXIT_SKIPPED)
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    with testnode.Node(progress=progress) as node:
+        yield node
 
 
 def bench(node: Node, mounts: int, cycles: int) -> Dict[str, Any]:
