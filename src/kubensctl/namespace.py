@@ -209,14 +209,22 @@ def _root_error(e: OSError, action: str) -> KubensError:
     return NamespaceError(f"cannot {action}: {e.strerror} ({e.filename})", "rerun with --debug for details")
 
 
-def _new_namespace_fd() -> int:
+def _new_namespace_fd(cpu: Optional[int] = None) -> int:
     """Create the namespace to pin and return an fd for it, leaving this process where it was.
 
     This process unshares, sets propagation inside (slave of the caller's, then rshared, as
     ``unshare --propagation slave mount --make-rshared /`` does), opens its new namespace, and setns(2)s
-    back to the original through a saved fd. No child process is needed.
+    back to the original through a saved fd. No child process is needed. ``cpu``: create it while
+    running on that CPU (see ``pin_namespace``).
     """
     _require_single_thread("create a mount namespace")
+    if cpu is not None:
+        allowed = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpu})
+        try:
+            return _new_namespace_fd()
+        finally:
+            os.sched_setaffinity(0, allowed)
     cwd = os.getcwd()
     orig = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -234,6 +242,48 @@ def _new_namespace_fd() -> int:
                 os.chdir("/")
     finally:
         os.close(orig)
+
+
+def pin_namespace(target: str) -> None:
+    """Create a new mount namespace and bind-mount it onto ``target`` (an existing file).
+
+    The kernel refuses (EINVAL) to bind a mount namespace that is not newer than the caller's
+    (mnt_ns_loop() in fs/namespace.c compares namespace ids). Since Linux 6.18 those ids come from
+    per-CPU batches (gen_cookie_next()), so a namespace made on one CPU can get a lower id than an
+    older one made on another, and the pin fails at random (util-linux's unshare --mount=FILE too).
+    So: where the kernel tells ids (NS_GET_MNTNS_ID), make namespaces until one is newer than ours,
+    first on each allowed CPU (the CPU that made ours hands out higher ids than it did then), then on
+    this one until its batch runs out and it takes a fresh, higher one. Older kernels count up
+    globally and succeed at once.
+    """
+    with open("/proc/self/ns/mnt", "rb", buffering=0) as f:
+        ours = syscalls.mntns_id(f.fileno())
+    cpus = sorted(os.sched_getaffinity(0))
+    plan: List[Optional[int]] = [None, *cpus]
+    for attempt in range(_MAX_PIN_ATTEMPTS):
+        cpu = plan[attempt] if attempt < len(plan) else None
+        fd = _new_namespace_fd(cpu)
+        try:
+            if ours is not None:
+                new = syscalls.mntns_id(fd)
+                if new is not None and new <= ours:
+                    continue
+            try:
+                syscalls.mount(f"/proc/self/fd/{fd}", target, None, syscalls.MS_BIND)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL or attempt >= len(plan) - 1:
+                    raise
+        finally:
+            os.close(fd)
+    raise NamespaceError(
+        f"cannot pin a mount namespace at {target}: every new namespace got an older id than this one",
+        "retry 'kubensctl start' (the kernel hands out namespace ids in per-CPU batches)",
+    )
+
+
+# Each attempt is one unshare(2) and a few syscalls (tens of microseconds); a CPU's id batch is 4096.
+_MAX_PIN_ATTEMPTS = 20000
 
 
 def _unmount_pin(path: str) -> None:
@@ -292,11 +342,7 @@ def start(paths: Paths, netns_dir: Optional[str] = None) -> Result:
                 if not os.path.exists(paths.mnt):
                     with open(paths.mnt, "x"):
                         pass
-                fd = _new_namespace_fd()
-                try:
-                    syscalls.mount(f"/proc/self/fd/{fd}", paths.mnt, None, syscalls.MS_BIND)
-                finally:
-                    os.close(fd)
+                pin_namespace(paths.mnt)
                 res.add(f"pinned a new mount namespace at {paths.mnt}")
         except OSError as e:
             raise _root_error(e, f"pin the namespace at {paths.mnt}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import sys
 from typing import Optional
 
 # include/uapi/linux/sched.h
@@ -56,6 +57,9 @@ UMOUNT_NOFOLLOW = 8
 
 # include/uapi/linux/nsfs.h: _IO(NSIO, 0x3) with NSIO = 0xb7
 NS_GET_NSTYPE = (0xB7 << 8) | 0x3
+
+# include/uapi/linux/nsfs.h: _IOR(NSIO, 0x5, __u64), Linux 6.10+ (mount namespace id)
+NS_GET_MNTNS_ID = (2 << 30) | (8 << 16) | (0xB7 << 8) | 0x5
 
 # include/uapi/linux/magic.h
 NSFS_MAGIC = 0x6E736673
@@ -145,6 +149,15 @@ def ns_type(fd: int, path: Optional[str] = None) -> int:
         return fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError as e:
         raise OSError(e.errno, e.strerror, path) from None
+
+
+def mntns_id(fd: int) -> Optional[int]:
+    """The 64-bit id of the mount namespace open at ``fd`` (NS_GET_MNTNS_ID); None before Linux 6.10."""
+    try:
+        buf = fcntl.ioctl(fd, NS_GET_MNTNS_ID, b"\0" * 8)
+    except OSError:
+        return None
+    return int.from_bytes(buf, sys.byteorder)
 
 
 def ns_type_name(nstype: int) -> str:
