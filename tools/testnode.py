@@ -86,6 +86,8 @@ NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: systemd then waits a full stop timeout at poweroff).
 SLEEPER = ["/bin/sh", "-c", 'trap "exit 0" TERM INT; sleep 1000000 & wait']
 
+_PROPAGATE_DIR = "/run/systemd/nspawn/propagate"
+_NAME_PREFIX = "kubens-"
 _NODE_ENV = "KUBENSCTL_TESTNODE"  # set in each node's PID 1 environment: finds leftovers for sure
 
 TOOLS_DIR = Path(__file__).resolve().parent
@@ -173,16 +175,20 @@ def _rootfs_version() -> str:
     h.update(KUBELET_STANDIN.read_bytes())
     # Configuration code below is part of the recipe: hash this module's config section too.
     src = Path(__file__).read_text(encoding="utf-8")
-    start, end = src.index("# >>> node configuration"), src.index("# <<< node configuration")
+    marker = " node configuration (hashed"  # split so this line does not match itself
+    start, end = src.index("# >>>" + marker), src.index("# <<<" + marker)
     h.update(src[start:end].encode())
     return h.hexdigest()[:12]
 
 
 def _run_debootstrap(target: Path, progress: Progress) -> None:
     # Its own private mount namespace: debootstrap mounts /proc and /sys in the target, and a killed
-    # build must not leave those mounts behind on the host.
+    # build must not leave those mounts behind on the host. Its own PID namespace, tied to us by
+    # PDEATHSIG: if this process is killed, debootstrap and everything it started die too (its PID 1
+    # gets SIGKILL), instead of writing on into a temp dir that the next build removes.
     cmd = [
-        "unshare", "-m", "--propagation", "private", "debootstrap", "--variant=minbase",
+        "setpriv", "--pdeathsig", "KILL", "unshare", "-m", "--propagation", "private", "--pid", "--fork",
+        "--kill-child=KILL", "debootstrap", "--variant=minbase",
         f"--include={PACKAGES}", SUITE, str(target), MIRROR,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -255,6 +261,9 @@ MASKED_UNITS = (
     "e2scrub_reap.service", "e2scrub_all.timer", "fstrim.timer", "podman-auto-update.timer",
     "podman-auto-update.service", "podman-restart.service", "apt-daily.timer", "apt-daily-upgrade.timer",
     "dpkg-db-backup.timer", "systemd-tmpfiles-clean.timer", "console-getty.service",
+    # podman.socket starts the API service at boot; it mounts its storage, idles 5 s and unmounts:
+    # the mount table would still be changing after boot.
+    "podman.socket", "podman.service",
 )
 
 
@@ -363,7 +372,7 @@ def _configure_rootfs(root: Path, progress: Progress) -> None:
          "--shell", "/bin/bash", NODE_USER], stdout=subprocess.DEVNULL)
     (root / SRC_MOUNT.lstrip("/")).mkdir(parents=True, exist_ok=True)
 
-# <<< node configuration
+# <<< node configuration (hashed into the rootfs version)
 
 
 def ensure_rootfs(cache_dir: str = DEFAULT_CACHE_DIR, progress: Progress = print) -> str:
@@ -548,6 +557,13 @@ def _kill_node_processes(node_dir: Path) -> List[int]:
     return victims
 
 
+def _remove_propagate_dir(name: str) -> None:
+    """nspawn makes /run/systemd/nspawn/propagate/NAME on the host and only removes it when /run is a
+    tmpfs; on hosts whose /run is on disk it stays behind. Remove ours (empty once nspawn is gone)."""
+    with contextlib.suppress(OSError):
+        (Path(_PROPAGATE_DIR) / name).rmdir()
+
+
 def sweep_leftovers(cache_dir: str = DEFAULT_CACHE_DIR, progress: Progress = print) -> int:
     """Kill and remove nodes whose owning process is gone (killed test runs). Returns how many."""
     nodes = Path(cache_dir) / "nodes"
@@ -575,6 +591,7 @@ def sweep_leftovers(cache_dir: str = DEFAULT_CACHE_DIR, progress: Progress = pri
             while any(_alive(p) for p in pids) and time.monotonic() < deadline:
                 time.sleep(0.05)
             _rmtree(node_dir)
+            _remove_propagate_dir(node_dir.name)
             swept += 1
         finally:
             if fd >= 0:
@@ -586,6 +603,11 @@ def sweep_leftovers(cache_dir: str = DEFAULT_CACHE_DIR, progress: Progress = pri
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             swept += 1
+    # Empty propagate directories of nodes that no longer exist.
+    with contextlib.suppress(OSError):
+        for entry in Path(_PROPAGATE_DIR).glob(_NAME_PREFIX + "*"):
+            if not (nodes / entry.name).exists():
+                _remove_propagate_dir(entry.name)
     return swept
 
 
@@ -627,7 +649,7 @@ class Node:
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.rootfs = Path(rootfs) if rootfs else Path(ensure_rootfs(cache_dir, progress))
-        self.name = name or f"kubens-{os.getpid()}-{secrets.token_hex(3)}"
+        self.name = name or f"{_NAME_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.dir = self.cache_dir / "nodes" / self.name
         self.src_dir = src_dir
         self.progress = progress
@@ -699,7 +721,9 @@ class Node:
             self._console = open(self.dir / "console.log", "ab")
         self._console.write(f"\n===== boot #{self._boots} =====\n".encode())
         self._console.flush()
-        env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
+        # UNIFIED_HIERARCHY: the host's cgroup layout is hybrid. LOCK=0: every node has its own root
+        # directory, and a killed nspawn would leave its lock file in /run/systemd/nspawn/locks.
+        env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1", SYSTEMD_NSPAWN_LOCK="0")
         self._proc = subprocess.Popen(
             self.nspawn_command(), stdin=subprocess.DEVNULL, stdout=self._console, stderr=subprocess.STDOUT,
             env=env, start_new_session=True,
@@ -831,6 +855,7 @@ class Node:
         finally:
             if self._console is not None:
                 self._console.close()
+            _remove_propagate_dir(self.name[:64])
             if self.keep:
                 self.progress(f"testnode: keeping {self.dir} (KUBENSCTL_KEEP_NODE=1)")
             else:

@@ -110,6 +110,8 @@ def test_podman_volume_propagation(node: testnode.Node) -> None:
 
 def test_reboot_keeps_the_disk(node: testnode.Node) -> None:
     node.write_file("/var/lib/smoke/marker", "kept\n")
+    node.start_containerd()
+    node.ctr_import()
     old = node.pid1
     took = node.reboot()
     print(f"reboot took {took:.1f} s")
