@@ -196,7 +196,7 @@ def test_kill_start_midway_then_start_again(installed: testnode.Node) -> None:
             node.run(["kubensctl", "start", "--runtime-dir", "/run/kubens"])
             assert len(pin_mounts(node)) == 1, f"one pin after a start killed at {delay_ms} ms"
             runtime_dirs = [m for m in node.mounts() if m.mount_point == "/run/kubens"]
-            assert len(runtime_dirs) == 1 and runtime_dirs[0].unbindable
+            assert len(runtime_dirs) == 1 and "unbindable" in runtime_dirs[0].propagation
             node.run(["kubensenter", "true"])
             node.run(["kubensctl", "stop"])
         node.run(["kubensctl", "start"])
@@ -241,7 +241,7 @@ def test_reboot_twice(installed: testnode.Node) -> None:
         code, doc = status(node)
         assert code == 0, doc["problems"]
     netns = [m for m in node.mounts() if m.mount_point == "/run/netns"]
-    assert netns and netns[-1].shared is not None, "/run/netns is a shared mount point"
+    assert netns and any(p.startswith("shared:") for p in netns[-1].propagation), "/run/netns is a shared mount point"
 
 
 def test_start_pins_on_every_cpu(node: testnode.Node) -> None:
