@@ -160,3 +160,24 @@ def test_killed_owner_is_swept(node_rootfs: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_standin_kubelet_mounts_in_a_private_namespace(node: testnode.Node) -> None:
+    """Started in a mount namespace of its own (here systemd's PrivateMounts=), the stand-in's volume
+    mounts are made there: the process sees them, PID 1 does not."""
+    root = "/var/lib/kubelet-private"
+    node.run(["systemd-run", "--unit=kubelet-private", "-p", "PrivateMounts=yes", "/usr/local/bin/kubelet",
+              f"--root-dir={root}", "--state-dir=/run/kubelet-private", "--pods=1"])
+    try:
+        deadline = time.monotonic() + 20
+        while node.run(["test", "-s", "/run/kubelet-private/mounts"], check=False).returncode != 0:
+            assert time.monotonic() < deadline, node.run(["journalctl", "-u", "kubelet-private"]).stdout
+            time.sleep(0.05)
+        pid = node.service_pid("kubelet-private.service")
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == "kubelet"
+        assert node.mnt_ns(pid) != node.mnt_ns(node.pid1)
+        paths = set(testnode.kubelet_volume_paths(1, root))
+        assert paths <= set(node.mount_points(pid))
+        assert not paths & set(node.mount_points())
+    finally:
+        node.run(["systemctl", "stop", "kubelet-private.service"], check=False)
