@@ -240,6 +240,10 @@ After=containerd.service
 Wants=containerd.service
 
 [Service]
+# notify: READY=1 once the volume mounts exist, so "boot finished" means the mount table is settled.
+# NotifyAccess=all: still accepted when a wrapper (kubensenter, nsenter) forks before running it.
+Type=notify
+NotifyAccess=all
 ExecStart=/usr/local/bin/kubelet
 Restart=always
 RestartSec=2
