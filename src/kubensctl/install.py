@@ -5,7 +5,8 @@ Files (every path taken inside ``--root``):
 * ``/etc/systemd/system/kubens.service`` — oneshot, RemainAfterExit, ordered before the Kubernetes units
   (so systemd stops it after them); start and stop are ``kubensctl start`` / ``kubensctl stop``.
 * ``/usr/local/bin/kubensenter`` — ``kubensctl/enter.py`` as one stdlib-only script run by the system
-  ``/usr/bin/python3`` in isolated mode without site (``-IS``): nodes need no pip.
+  ``/usr/bin/python3`` in isolated mode without site (``-IS``): nodes need no pip. It carries its source
+  and that source compiled by the interpreter running install (see ``kubensenter_script``).
 * ``/usr/local/bin/kubensctl`` — a zipapp of the node side (this package), same interpreter.
 * ``/etc/systemd/system/UNIT.d/01-kubens.conf`` — for every wrapped or ``--env`` unit:
   ``After=kubens.service`` and ``EnvironmentFile=-/run/kubens/env`` (the RHCOS shape; programs such as
@@ -20,15 +21,19 @@ from ``node_files()``; MachineConfig ``--embed`` carries the same bytes.
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
 import hashlib
 import io
 import json
+import marshal
 import os
 import shutil
 import subprocess
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
+from importlib.util import MAGIC_NUMBER
 from typing import Dict, List, Optional, Sequence
 
 from kubensctl import __version__, units
@@ -112,9 +117,84 @@ def _package_source(name: str) -> bytes:
     return resources.files("kubensctl").joinpath(name).read_bytes()
 
 
-def kubensenter_script() -> bytes:
-    """The standalone kubensenter: enter.py behind a shebang for the system python3, isolated, no site."""
-    return f"#!{INTERPRETER} -IS\n".encode() + _package_source("enter.py")
+# The laid kubensenter (kubensenter_script). A script executed directly is compiled on every run (only
+# imported modules get cached bytecode) and compiling enter.py costs ~1 ms, a sixth of the whole run. So
+# the file also carries enter.py compiled by the interpreter running install (on a node: the system
+# python3 running the kubensctl zipapp), marshalled and hex-encoded, and runs that when the interpreter's
+# bytecode magic is the one it was compiled for. Otherwise (a Python upgrade; a file generated off the
+# node by another Python, e.g. for a MachineConfig) it compiles the verbatim source it carries too: as
+# slow as the plain script, never wrong. Hex rather than base64 or a bytes repr: bytes.fromhex is a
+# builtin (binascii is a shared library on RHEL, 0.5-1 ms to import) and a plain ASCII literal is the
+# cheapest to tokenize (benchmarks/README.md). The stub stays stdlib-only and Python 3.6+.
+_STANDALONE_HEAD = """\
+#!{interpreter} -IS
+# kubensenter, laid by kubensctl {version}. Generated from kubensctl/enter.py: rerun `kubensctl install`
+# rather than editing it. _SOURCE is enter.py verbatim; _CODE is that source compiled by the Python that
+# generated this file (marshal, hex), run instead of compiling _SOURCE at every start (~1 ms) when this
+# interpreter's bytecode magic is _MAGIC. Any other Python compiles _SOURCE: slower, same behaviour.
+
+
+def _kubensenter_code(path):
+    import marshal
+
+    try:
+        from _frozen_importlib_external import MAGIC_NUMBER  # loaded at start-up: costs nothing
+    except ImportError:
+        MAGIC_NUMBER = None
+    if MAGIC_NUMBER == _MAGIC:
+        try:
+            code = marshal.loads(bytes.fromhex(_CODE))
+        except Exception:  # damaged (ValueError, EOFError, SystemError, ...): compile the source
+            pass
+        else:
+            try:
+                import _imp
+
+                _imp._fix_co_filename(code, path)  # tracebacks name this file wherever it lies
+            except (AttributeError, ImportError):
+                pass
+            return code
+    # _LINE blank lines first, in both cases: tracebacks give line numbers in this file.
+    return compile("\\n" * _LINE + _SOURCE, path, "exec", dont_inherit=True)
+
+
+_MAGIC = {magic!r}
+_LINE = {line}
+"""
+_STANDALONE_TAIL = """
+_code = _kubensenter_code(globals().get("__file__") or {path!r})
+del _kubensenter_code, _MAGIC, _LINE, _SOURCE, _CODE
+exec(globals().pop("_code"))  # in this module's namespace: __name__ == "__main__", __doc__ is enter.py's
+"""
+_HEX_LINE = 128
+_NO_MAGIC = b"\x00\x00\r\n"  # no interpreter's bytecode magic (CPython 3's are 3000 and up)
+
+
+def kubensenter_script(*, force_fallback: bool = False) -> bytes:
+    """The standalone kubensenter: enter.py for the system python3 (isolated, no site) with its bytecode.
+
+    One stdlib-only file, deterministic for a given interpreter (byte-identical between calls and between
+    processes). ``force_fallback`` labels the bytecode with a magic no interpreter has, so that the file
+    always compiles its source (for tests and benchmarks; never laid).
+    """
+    return _standalone(_NO_MAGIC if force_fallback else MAGIC_NUMBER)
+
+
+@functools.cache
+def _standalone(magic: bytes) -> bytes:
+    source = _package_source("enter.py").decode("utf-8")
+    literal = "r'''" + source + "'''"
+    if ast.literal_eval(literal) != source:
+        raise RuntimeError("kubensctl/enter.py does not fit in a raw ''' string (a ''' or a trailing backslash)")
+    # _SOURCE's first line is the line after the head, so the line numbers of enter.py compiled behind
+    # that many blank lines are the laid file's.
+    line = _STANDALONE_HEAD.format(interpreter=INTERPRETER, version=__version__, magic=magic, line=0).count("\n")
+    head = _STANDALONE_HEAD.format(interpreter=INTERPRETER, version=__version__, magic=magic, line=line)
+    code = compile("\n" * line + source, KUBENSENTER, "exec", dont_inherit=True, optimize=0)
+    blob = marshal.dumps(code).hex()
+    hexed = "\n".join(blob[i : i + _HEX_LINE] for i in range(0, len(blob), _HEX_LINE))
+    tail = _STANDALONE_TAIL.format(path=KUBENSENTER)
+    return f'{head}_SOURCE = {literal}\n_CODE = """\n{hexed}\n"""\n{tail}'.encode()
 
 
 _ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)

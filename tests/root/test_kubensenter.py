@@ -1,7 +1,10 @@
 """kubensenter against real namespaces: autodetect, explicit KUBENSMNT, errors, exit codes.
 
-Every case runs three ways: the package module (what the pip console script runs), the single file as
-laid on nodes (system python3 in isolated mode) and, when present, under Python 3.9 (RHEL 9's).
+Every case runs several ways: the package module (what the pip console script runs); enter.py as a single
+file (system python3 in isolated mode) and, when present, under Python 3.9 (RHEL 9's); and the file
+`install.kubensenter_script()` lays, executed through its shebang: as generated (the bytecode it carries,
+when this interpreter's magic is the system python3's), with its bytecode labelled for no interpreter
+(the fallback: it compiles the source it carries), and under Python 3.9 (a real magic mismatch).
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import os
 import stat
 import subprocess
 import sys
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
+from kubensctl import install
 from nstest import SRC, Scratch, env_with_src, kubensctl, ns_of, run
 
 pytestmark = pytest.mark.requires_root
@@ -25,11 +30,37 @@ if os.path.exists("/usr/bin/python3"):
 PY39 = "/root/.pyenv/versions/3.9.18/bin/python3.9"
 if os.path.exists(PY39):
     RUNNERS["python3.9"] = [PY39, "-IS", ENTER]
+# The laid file (install.kubensenter_script()), written once per session: {name: (fallback, interpreter)}.
+# No interpreter: executed directly, through its #!/usr/bin/python3 -IS (else with this one, -IS).
+LAID: Dict[str, Tuple[bool, Optional[str]]] = {
+    "laid": (False, None),
+    "laid-fallback": (True, None),
+}
+if os.path.exists(PY39):
+    LAID["laid-python3.9"] = (False, PY39)
+RUNNERS.update({name: [] for name in LAID})
+
+
+@pytest.fixture(scope="session")
+def laid_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("laid")
+    for fallback in (False, True):
+        path = d / ("kubensenter-fallback" if fallback else "kubensenter")
+        path.write_bytes(install.kubensenter_script(force_fallback=fallback))
+        path.chmod(0o755)
+    return d
 
 
 @pytest.fixture(params=sorted(RUNNERS))
 def runner(request: pytest.FixtureRequest) -> List[str]:
-    return RUNNERS[request.param]
+    if request.param not in LAID:
+        return RUNNERS[request.param]
+    fallback, interpreter = LAID[request.param]
+    d: Path = request.getfixturevalue("laid_dir")
+    script = str(d / ("kubensenter-fallback" if fallback else "kubensenter"))
+    if interpreter is not None:
+        return [interpreter, "-IS", script]
+    return [script] if os.path.exists("/usr/bin/python3") else [sys.executable, "-IS", script]
 
 
 def enter(

@@ -128,3 +128,80 @@ def test_kubens_unit_orders_before_kubernetes_units() -> None:
     assert "Before=crio.service containerd.service" in text and "kubelet.service" in text
     assert "ExecStart=/usr/local/bin/kubensctl start --runtime-dir /run/kubens --netns-dir /run/netns" in text
     assert "ExecStop=/usr/local/bin/kubensctl stop --runtime-dir /run/kubens" in text
+
+
+# ---- the laid kubensenter: enter.py plus its bytecode for this interpreter, source as the fallback ----
+
+
+def _laid(tmp_path: Path, data: bytes, name: str = "kubensenter") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    path.chmod(0o755)
+    return path
+
+
+def _run(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # The interpreter that generated the script (same bytecode magic), isolated as the shebang says.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DEFAULT_KUBENSMNT": str(script) + ".nothing"}
+    return subprocess.run([sys.executable, "-IS", str(script), *args], text=True, capture_output=True, env=env)
+
+
+def test_kubensenter_script_is_deterministic() -> None:
+    a = install.kubensenter_script()
+    assert a == install.kubensenter_script()
+    code = "import sys\nfrom kubensctl import install\nsys.stdout.buffer.write(install.kubensenter_script())\n"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env_with_src(), check=True)
+    assert other.stdout == a  # another process (other interned strings, other hash seed): same bytes
+    assert a.startswith(b"#!/usr/bin/python3 -IS\n")
+    assert install.kubensenter_script(force_fallback=True) != a
+    compile(a, "kubensenter", "exec")  # Python syntax
+
+
+def test_kubensenter_script_carries_enter_py_at_its_own_line_numbers() -> None:
+    """Tracebacks name lines of the laid file; the source it carries sits at exactly those lines."""
+    text = install.kubensenter_script().decode()
+    lines = text.splitlines()
+    offset = int(next(line for line in lines if line.startswith("_LINE = ")).split("=")[1])
+    enter = (Path(install.__file__).parent / "enter.py").read_text().splitlines()
+    assert lines[offset] == "_SOURCE = r'''" + enter[0]
+    assert lines[offset + 1 : offset + len(enter)] == enter[1:]
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["bytecode", "fallback"])
+def test_kubensenter_script_behaves_as_enter_py(tmp_path: Path, fallback: bool) -> None:
+    from kubensctl import enter
+
+    script = _laid(tmp_path, install.kubensenter_script(force_fallback=fallback))
+    for flag in ("-h", "--help"):
+        r = _run(script, flag)
+        assert (r.returncode, r.stdout, r.stderr) == (0, enter._usage(), "")
+    r = _run(script, "--bogus")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == "kubensenter: unknown option --bogus (see kubensenter --help)\n"
+    r = _run(script, "no-such-command-kubens")
+    assert (r.returncode, r.stderr) == (127, "kubensenter: no-such-command-kubens: command not found\n")
+    r = _run(script, "sh", "-c", 'echo "$0" ok; exit 3')
+    assert (r.returncode, r.stdout, r.stderr) == (3, "sh ok\n", "")
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["bytecode", "fallback"])
+def test_kubensenter_script_runs_the_path_its_magic_says(tmp_path: Path, fallback: bool) -> None:
+    """Tamper with one half: the same interpreter runs the bytecode, another magic compiles the source."""
+    text = install.kubensenter_script(force_fallback=fallback).decode()
+    head, rest = text.split("_SOURCE = r'''", 1)
+    source, tail = rest.split("'''\n_CODE = ", 1)
+    tampered = source.replace("Usage: kubensenter", "Usage: kubensenter-from-source", 1)
+    assert tampered != source
+    script = _laid(tmp_path, f"{head}_SOURCE = r'''{tampered}'''\n_CODE = {tail}".encode())
+    r = _run(script, "--help")
+    assert r.returncode == 0, r.stderr
+    assert ("Usage: kubensenter-from-source" in r.stdout) == fallback
+
+
+def test_kubensenter_script_survives_bad_bytecode(tmp_path: Path) -> None:
+    """Right magic, damaged bytecode: compile the source, never crash."""
+    text = install.kubensenter_script().decode()
+    head, code = text.split('_CODE = """\n', 1)
+    script = _laid(tmp_path, f'{head}_CODE = """\ne3\n{code}'.encode())
+    r = _run(script, "--help")
+    assert r.returncode == 0 and r.stdout.startswith("kubensenter: run a command"), r.stderr
