@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from kubensctl import mountinfo, namespace, procs, syscalls
-from kubensctl.errors import KubensError, NamespaceError, PermissionDenied, UsageError
+from kubensctl.errors import KubensError, PermissionDenied, UsageError
 from kubensctl.fsutil import atomic_write
 
 DEFAULT_SCRATCH_BASE = "/run"
@@ -661,30 +661,10 @@ class Session:
         return leg
 
     def pin(self) -> namespace.Paths:
-        """Pin a temporary namespace exactly as kubens.service does (``kubensctl start``).
-
-        Linux 6.18 numbers mount namespaces from per-CPU batches, so a namespace made on one CPU can get
-        a lower id than an older one made on another, and the mount(2) that pins it then fails with
-        EINVAL (the kernel's namespace-loop check compares ids). ``start`` leaves a repairable state, so
-        retry once on each allowed CPU in turn; one of them hands out higher ids.
-        """
+        """Pin a temporary namespace exactly as kubens.service does (``kubensctl start``)."""
         paths = namespace.Paths(os.path.join(self.top, "kubens"))
-        try:
-            namespace.start(paths)
-            return paths
-        except NamespaceError as e:
-            error = e
-        allowed = sorted(os.sched_getaffinity(0))
-        for cpu in allowed:
-            os.sched_setaffinity(0, {cpu})
-            try:
-                namespace.start(paths)
-                return paths
-            except NamespaceError as e:
-                error = e
-            finally:
-                os.sched_setaffinity(0, allowed)
-        raise error
+        namespace.start(paths)
+        return paths
 
 
 def _ticks(pid: int) -> int:
