@@ -1020,16 +1020,6 @@ def _int_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
-def _add_host_pid(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--host-pid",
-        type=int,
-        default=1,
-        metavar="PID",
-        help="the host process whose CPU and namespace count (default: 1, systemd)",
-    )
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "bench",
@@ -1059,7 +1049,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--cleanup", action="store_true", help="only remove scratch trees left by killed runs, then exit")
-    _add_host_pid(p)
+    namespace.add_host_pid(p, "the host process whose CPU and namespace count")
     p.add_argument(
         "--scratch-base",
         default=DEFAULT_SCRATCH_BASE,
@@ -1085,7 +1075,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     p = sub.add_parser("watchers", help="processes that re-read the mount table, and whether encapsulation hides it")
     namespace.add_runtime_dir(p)
-    _add_host_pid(p)
+    namespace.add_host_pid(p, "the host process whose CPU and namespace count")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--measure", action="store_true", help="also measure each watcher's CPU during a short churn")
     p.add_argument("--mounts", type=_int_arg, default=100, metavar="N", help="held mounts for --measure (default 100)")

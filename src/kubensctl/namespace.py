@@ -521,6 +521,11 @@ def add_runtime_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_host_pid(p: argparse.ArgumentParser, meaning: str = "a process in the host mount namespace") -> None:
+    """--host-pid: PID 1 stands for the host; in sandboxes whose PID 1 links are unreadable, name another."""
+    p.add_argument("--host-pid", type=int, default=1, metavar="PID", help=f"{meaning} (default: 1, systemd)")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("start", help="pin the Kubernetes mount namespace (idempotent, repairs stale state)")
     add_runtime_dir(p)

@@ -321,16 +321,6 @@ def render_inventory(inv: Inventory, include_all: bool) -> str:
 # ---- CLI -----------------------------------------------------------------------------------------
 
 
-def _add_host_pid(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--host-pid",
-        type=int,
-        default=1,
-        metavar="PID",
-        help="a process in the host mount namespace to compare with (default: 1, systemd)",
-    )
-
-
 def _json(doc: Dict[str, Any]) -> str:
     """Indented for a terminal; compact for pipes and scripts (json's C encoder: 4x faster on 10k mounts)."""
     return json.dumps(doc, indent=2 if sys.stdout.isatty() else None)
@@ -369,13 +359,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         metavar="NAME",
         help="Kubernetes process name to check (repeatable; replaces kubelet, crio, containerd, k3s, rke2)",
     )
-    _add_host_pid(p)
+    namespace.add_host_pid(p, "a process in the host mount namespace to compare with")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("mounts", help="the mounts encapsulation hides from PID 1, grouped by type")
     namespace.add_runtime_dir(p)
-    _add_host_pid(p)
+    namespace.add_host_pid(p, "a process in the host mount namespace to compare with")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="list every mount of the pinned namespace")
     p.set_defaults(func=_cmd_mounts)

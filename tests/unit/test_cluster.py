@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+from clitest import one_line, run
 from kubensctl import cluster
-from kubensctl.cli import main
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 RECORDED = FAKES / "cluster"
@@ -80,22 +80,6 @@ def kubectl_only(fake: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (only / "kubectl").symlink_to(FAKES / "kubectl")
     monkeypatch.setenv("PATH", f"{only}{os.pathsep}{tmp_path / 'bin'}")
     return fake
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own usage errors
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
+from clitest import one_line, run
 from kubensctl import manifests
 from kubensctl.cli import main
 
@@ -47,22 +48,6 @@ def seed_machineconfigs() -> str:
     while block and not block[-1].strip():
         block.pop()
     return "\n".join(block) + "\n"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> Tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own usage errors
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------------
