@@ -12,7 +12,10 @@ Files (every path taken inside ``--root``):
   ``After=kubens.service`` and ``EnvironmentFile=-/run/kubens/env`` (the RHCOS shape; programs such as
   CRI-O and kubelet built with containers/kubensmnt join ``$KUBENSMNT`` themselves).
 * ``/etc/systemd/system/UNIT.d/99-kubens-wrapper.conf`` — for every wrapped unit (see ``units.wrap``).
-* ``/var/lib/kubensctl/install.json`` — the record of what install laid, so uninstall removes exactly it.
+* with ``--metrics``: ``/etc/systemd/system/kubensctl-metrics.{service,timer}`` (``metrics.metrics_units``), the
+  timer enabled: it refreshes node_exporter's textfile ``metrics.DEFAULT_TEXTFILE`` every minute.
+* ``/var/lib/kubensctl/install.json`` — the record of what install laid, so uninstall removes exactly it
+  (plus the textfile the timer wrote and the directories install created for it).
 
 The static part (everything but the wrapper drop-ins, which depend on the node's own unit files) comes
 from ``node_files()``; MachineConfig ``--embed`` carries the same bytes.
@@ -51,6 +54,7 @@ RUNTIME_DIR = "/run/kubens"
 NETNS_DIR = "/run/netns"
 INTERPRETER = "/usr/bin/python3"
 WANTED_BY = "multi-user.target"
+METRICS_TIMER = "kubensctl-metrics.timer"  # metrics.TIMER_NAME (that module is imported only for --metrics)
 
 # Units wrapped by default when present, runtimes first: that is also the restart order for --now,
 # so kubelet never comes up in the namespace before its runtime.
@@ -270,6 +274,8 @@ class Record:
     links: List[str] = field(default_factory=list)  # enablement symlinks we made
     wrapped: List[str] = field(default_factory=list)
     env: List[str] = field(default_factory=list)
+    generated: List[str] = field(default_factory=list)  # files our units write (removed whatever they hold)
+    dirs: List[str] = field(default_factory=list)  # directories install created (removed when empty)
 
     @classmethod
     def load(cls, root: str) -> Optional[Record]:
@@ -286,18 +292,25 @@ class Record:
             list(doc.get("links", [])),
             list(doc.get("wrapped", [])),
             list(doc.get("env", [])),
+            list(doc.get("generated", [])),
+            list(doc.get("dirs", [])),
         )
 
     def save(self, root: str) -> None:
         path = _host(root, RECORD)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        doc = {
+        doc: Dict[str, object] = {
             "version": self.version,
             "files": self.files,
             "links": self.links,
             "wrapped": self.wrapped,
             "env": self.env,
         }
+        # Only when used, so the record of an install without --metrics keeps its earlier shape.
+        if self.generated:
+            doc["generated"] = self.generated
+        if self.dirs:
+            doc["dirs"] = self.dirs
         atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + "\n", 0o644)
 
 
@@ -331,6 +344,46 @@ def _wants_link(root: str) -> str:
     return f"{UNIT_DIR}/{WANTED_BY}.wants/{KUBENS_UNIT}"
 
 
+def _enable_by_hand(root: str, unit: str, target: str, out: Outcome) -> str:
+    """``systemctl enable`` under ``--root``: the ``TARGET.wants/UNIT`` symlink. Returns its path."""
+    link = f"{UNIT_DIR}/{target}.wants/{unit}"
+    host = _host(root, link)
+    current = os.readlink(host) if os.path.islink(host) else None
+    if current != f"{UNIT_DIR}/{unit}":
+        os.makedirs(os.path.dirname(host), exist_ok=True)
+        tmp = host + ".kubensctl-tmp"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(f"{UNIT_DIR}/{unit}", tmp)
+        os.replace(tmp, host)
+        out.changes.append(f"enabled {unit} ({link})")
+    return link
+
+
+def metrics_files(kubensctl: str = KUBENSCTL) -> List[NodeFile]:
+    """``install --metrics``: kubensctl-metrics.service and .timer (contents from ``metrics.metrics_units``)."""
+    from kubensctl import metrics  # lazily: only --metrics needs it (manifests import this module)
+
+    return [
+        NodeFile(f"{UNIT_DIR}/{name}", 0o644, text.encode(), "unit", unit=name)
+        for name, text in metrics.metrics_units(kubensctl, metrics.DEFAULT_TEXTFILE).items()
+    ]
+
+
+def _make_dirs(root: str, path: str, record: Record, out: Outcome) -> None:
+    """Create ``path`` (in-root absolute) and its missing parents, recording each one made."""
+    missing = []
+    cur = path
+    while cur not in ("", "/") and not os.path.isdir(_host(root, cur)):
+        missing.append(cur)
+        cur = os.path.dirname(cur)
+    for d in reversed(missing):
+        os.mkdir(_host(root, d), 0o755)
+        if d not in record.dirs:
+            record.dirs.append(d)
+        out.changes.append(f"created {d}")
+
+
 def install(
     root: str = "/",
     wrap: Optional[Sequence[str]] = None,
@@ -339,6 +392,7 @@ def install(
     enable: bool = True,
     now: bool = False,
     extra_files: Sequence[NodeFile] = (),
+    metrics: bool = False,
 ) -> Outcome:
     root = os.path.abspath(root)
     on_host = root == "/"
@@ -366,6 +420,8 @@ def install(
         units.find_unit(u, root)
 
     files = node_files(wrap_units, env_units) + list(extra_files)
+    if metrics:
+        files += metrics_files()
     record = Record.load(root) or Record()
     for f in files:
         host = _host(root, f.path)
@@ -396,18 +452,11 @@ def install(
                 _systemctl(root, "enable", KUBENS_UNIT)
                 out.changes.append(f"enabled {KUBENS_UNIT}")
         else:
-            host = _host(root, link)
-            current = os.readlink(host) if os.path.islink(host) else None
-            if current != f"{UNIT_DIR}/{KUBENS_UNIT}":
-                os.makedirs(os.path.dirname(host), exist_ok=True)
-                tmp = host + ".kubensctl-tmp"
-                if os.path.lexists(tmp):
-                    os.unlink(tmp)
-                os.symlink(f"{UNIT_DIR}/{KUBENS_UNIT}", tmp)
-                os.replace(tmp, host)
-                out.changes.append(f"enabled {KUBENS_UNIT} ({link})")
+            _enable_by_hand(root, KUBENS_UNIT, WANTED_BY, out)
         if link not in record.links:
             record.links.append(link)
+    if metrics:
+        _install_metrics(root, enable, record, out)
     record.version = __version__
     record.save(root)
 
@@ -422,12 +471,64 @@ def install(
             if _systemctl(root, "is-active", u, check=False).stdout.strip() in ("active", "activating"):
                 _systemctl(root, "restart", u)
                 out.changes.append(f"restarted {u}")
+        if metrics:
+            _start_metrics_timer(out)
     elif enable:
         out.notes.append(
             f"{KUBENS_UNIT} is enabled: encapsulation takes effect at the next reboot "
             "(or now: kubensctl install --now, which restarts the wrapped units)"
         )
+        if metrics and on_host and _systemctl(root, "is-active", METRICS_TIMER, check=False).stdout.strip() != "active":
+            out.notes.append(f"{METRICS_TIMER} is enabled: it starts at the next boot (or now: with --now)")
     return out
+
+
+def _install_metrics(root: str, enable: bool, record: Record, out: Outcome) -> None:
+    """The textfile's directory, and the timer enabled. The unit files are laid already."""
+    from kubensctl import metrics
+
+    _make_dirs(root, os.path.dirname(metrics.DEFAULT_TEXTFILE), record, out)
+    if metrics.DEFAULT_TEXTFILE not in record.generated:
+        record.generated.append(metrics.DEFAULT_TEXTFILE)
+    if not enable:
+        return
+    timer = metrics.TIMER_NAME
+    link = f"{UNIT_DIR}/timers.target.wants/{timer}"
+    if root == "/":
+        if _systemctl(root, "is-enabled", timer, check=False).stdout.strip() != "enabled":
+            _systemctl(root, "daemon-reload")
+            _systemctl(root, "enable", timer)
+            out.changes.append(f"enabled {timer}")
+    else:
+        _enable_by_hand(root, timer, "timers.target", out)
+    if link not in record.links:
+        record.links.append(link)
+
+
+def _start_metrics_timer(out: Outcome) -> None:
+    """``--now``: start the timer (after kubens.service, so its first refresh sees the pin)."""
+    from kubensctl import metrics
+
+    timer = metrics.TIMER_NAME
+    if _systemctl("/", "is-active", timer, check=False).stdout.strip() != "active":
+        _systemctl("/", "start", timer)
+        out.changes.append(f"started {timer} (refreshes {metrics.DEFAULT_TEXTFILE} every minute)")
+
+
+def _uninstall_metrics(record: Record, out: Outcome) -> None:
+    """On the host: stop and disable the metrics timer (and a refresh under way) before its files go."""
+    from kubensctl import metrics
+
+    timer, service = metrics.TIMER_NAME, metrics.SERVICE_NAME
+    if f"{UNIT_DIR}/{timer}" not in record.files:
+        return
+    if _systemctl("/", "is-enabled", timer, check=False).stdout.strip() == "enabled":
+        _systemctl("/", "disable", timer)
+        out.changes.append(f"disabled {timer}")
+    if _systemctl("/", "is-active", timer, check=False).stdout.strip() in ("active", "activating"):
+        _systemctl("/", "stop", timer)
+        out.changes.append(f"stopped {timer}")
+    _systemctl("/", "stop", service, check=False)
 
 
 def uninstall(root: str = "/") -> Outcome:
@@ -441,11 +542,18 @@ def uninstall(root: str = "/") -> Outcome:
     if on_host and _systemctl(root, "is-enabled", KUBENS_UNIT, check=False).stdout.strip() == "enabled":
         _systemctl(root, "disable", KUBENS_UNIT)
         out.changes.append(f"disabled {KUBENS_UNIT}")
+    if on_host:
+        _uninstall_metrics(record, out)
     for link in record.links:
         host = _host(root, link)
         if os.path.islink(host):
             os.unlink(host)
             out.changes.append(f"removed {link}")
+            if os.path.dirname(host).endswith(".wants"):
+                try:
+                    os.rmdir(os.path.dirname(host))  # only when it is empty now
+                except OSError:
+                    pass
     for path, sha in sorted(record.files.items()):
         host = _host(root, path)
         current = _file_sha(host)
@@ -462,11 +570,25 @@ def uninstall(root: str = "/") -> Outcome:
                 os.rmdir(parent)
             except OSError:
                 pass
+    for path in record.generated:
+        host = _host(root, path)
+        if os.path.lexists(host):
+            os.unlink(host)
+            out.changes.append(f"removed {path}")
     os.unlink(_host(root, RECORD))
     try:
         os.rmdir(os.path.dirname(_host(root, RECORD)))
     except OSError:
         pass
+    for d in sorted(record.dirs, key=lambda p: -p.count("/")):
+        try:
+            os.rmdir(_host(root, d))
+        except FileNotFoundError:
+            continue
+        except OSError:
+            out.notes.append(f"kept {d}: not empty")
+            continue
+        out.changes.append(f"removed {d}")
     if on_host:
         _systemctl(root, "daemon-reload")
         out.notes.append("reboot to leave the namespace (running units keep the one they are in)")
@@ -486,7 +608,9 @@ def _print(out: Outcome, idle: str) -> None:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    out = install(args.root, args.wrap, args.env or (), args.no_wrap, not args.no_enable, args.now)
+    out = install(
+        args.root, args.wrap, args.env or (), args.no_wrap, not args.no_enable, args.now, metrics=args.metrics
+    )
     _print(out, "nothing changed: already installed")
     return 0
 
@@ -507,12 +631,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--wrap", action="append", metavar="UNIT", help="wrap UNIT's ExecStart in kubensenter (repeatable)")
     p.add_argument("--env", action="append", metavar="UNIT", help="add the RHCOS-style 01-kubens.conf to UNIT")
     p.add_argument("--no-wrap", action="store_true", help="wrap nothing")
-    p.add_argument("--no-enable", action="store_true", help="do not enable kubens.service")
-    p.add_argument("--now", action="store_true", help="start kubens.service now and restart the wrapped units")
+    p.add_argument("--no-enable", action="store_true", help="do not enable kubens.service (nor the metrics timer)")
+    p.add_argument(
+        "--now",
+        action="store_true",
+        help="start kubens.service now and restart the wrapped units (and start the metrics timer)",
+    )
+    p.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also lay and enable kubensctl-metrics.timer, which refreshes node_exporter's textfile every minute",
+    )
     p.set_defaults(func=_cmd_install)
     p = sub.add_parser("uninstall", help="remove exactly what install laid and disable kubens.service")
     p.add_argument("--root", default="/", metavar="DIR", help="act under DIR; no systemctl")
     p.set_defaults(func=_cmd_uninstall)
 
 
-__all__ = ["NodeFile", "build_zipapp", "install", "kubensenter_script", "node_files", "uninstall"]
+__all__ = ["NodeFile", "build_zipapp", "install", "kubensenter_script", "metrics_files", "node_files", "uninstall"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -205,3 +206,106 @@ def test_kubensenter_script_survives_bad_bytecode(tmp_path: Path) -> None:
     script = _laid(tmp_path, f'{head}_CODE = """\ne3\n{code}'.encode())
     r = _run(script, "--help")
     assert r.returncode == 0 and r.stdout.startswith("kubensenter: run a command"), r.stderr
+
+
+# ---- install --metrics: the textfile timer, under --root ----------------------------------------
+
+TIMER_LINK = "etc/systemd/system/timers.target.wants/kubensctl-metrics.timer"
+TEXTFILE_DIR = "var/lib/node_exporter/textfile_collector"
+
+
+@pytest.fixture
+def var_lib(node: Path) -> Path:
+    (node / "var/lib").mkdir(parents=True)
+    return node
+
+
+def test_install_metrics_lays_and_enables_the_timer(var_lib: Path) -> None:
+    from kubensctl import metrics
+
+    node = var_lib
+    r = kctl("install", "--root", str(node), "--metrics")
+    assert r.returncode == 0, r.stderr
+    for name, text in metrics.metrics_units().items():
+        laid = node / "etc/systemd/system" / name
+        assert laid.read_text() == text
+        assert os.stat(laid).st_mode & 0o7777 == 0o644
+        assert f"wrote /etc/systemd/system/{name}" in r.stdout
+    link = node / TIMER_LINK
+    assert os.readlink(link) == "/etc/systemd/system/kubensctl-metrics.timer"
+    assert f"enabled kubensctl-metrics.timer (/{TIMER_LINK})" in r.stdout
+    assert (node / TEXTFILE_DIR).is_dir() and f"created /{TEXTFILE_DIR}" in r.stdout
+    service = (node / "etc/systemd/system/kubensctl-metrics.service").read_text()
+    assert "ExecStart=/usr/local/bin/kubensctl metrics --textfile /var/lib/node_exporter/textfile_collector/kubensctl.prom" in service
+    doc = json.loads((node / "var/lib/kubensctl/install.json").read_text())
+    assert "/etc/systemd/system/kubensctl-metrics.service" in doc["files"]
+    assert "/etc/systemd/system/kubensctl-metrics.timer" in doc["files"]
+    assert f"/{TIMER_LINK}" in doc["links"]
+    assert doc["generated"] == ["/var/lib/node_exporter/textfile_collector/kubensctl.prom"]
+    assert doc["dirs"] == ["/var/lib/node_exporter", "/var/lib/node_exporter/textfile_collector"]
+
+
+def test_install_metrics_idempotent_and_uninstall_exact(var_lib: Path) -> None:
+    node = var_lib
+
+    def everything() -> List[str]:
+        return sorted(str(p.relative_to(node)) for p in node.rglob("*"))
+
+    # install (with or without --metrics) leaves the directories it laid files in (etc/systemd/system,
+    # usr/local/bin); the ones it made only for the textfile go.
+    assert kctl("install", "--root", str(node)).returncode == 0
+    assert kctl("uninstall", "--root", str(node)).returncode == 0
+    before = everything()
+    assert kctl("install", "--root", str(node), "--metrics").returncode == 0
+    again = kctl("install", "--root", str(node), "--metrics")
+    assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout
+    # What the timer's service writes goes with uninstall too, whatever it holds.
+    (node / TEXTFILE_DIR / "kubensctl.prom").write_text("kubensctl_info 1\n")
+    r = kctl("uninstall", "--root", str(node))
+    assert r.returncode == 0, r.stderr
+    for line in [
+        "removed /etc/systemd/system/kubensctl-metrics.service",
+        "removed /etc/systemd/system/kubensctl-metrics.timer",
+        f"removed /{TIMER_LINK}",
+        "removed /var/lib/node_exporter/textfile_collector/kubensctl.prom",
+        "removed /var/lib/node_exporter",
+    ]:
+        assert line in r.stdout
+    assert "note:" not in r.stdout
+    assert everything() == before
+
+
+def test_install_metrics_keeps_a_textfile_directory_it_did_not_make(node: Path) -> None:
+    (node / TEXTFILE_DIR).mkdir(parents=True)
+    (node / TEXTFILE_DIR / "other.prom").write_text("other 1\n")
+    r = kctl("install", "--root", str(node), "--metrics")
+    assert r.returncode == 0 and "created" not in r.stdout
+    doc = json.loads((node / "var/lib/kubensctl/install.json").read_text())
+    assert "dirs" not in doc
+    r = kctl("uninstall", "--root", str(node))
+    assert r.returncode == 0
+    assert sorted(p.name for p in (node / TEXTFILE_DIR).iterdir()) == ["other.prom"]
+
+
+def test_install_metrics_no_enable_lays_without_link(node: Path) -> None:
+    r = kctl("install", "--root", str(node), "--metrics", "--no-enable")
+    assert r.returncode == 0, r.stderr
+    assert (node / "etc/systemd/system/kubensctl-metrics.timer").is_file()
+    assert not (node / TIMER_LINK).exists() and not (node / "etc/systemd/system/timers.target.wants").exists()
+
+
+def test_install_without_metrics_has_no_metrics_files(node: Path) -> None:
+    assert kctl("install", "--root", str(node)).returncode == 0
+    assert not [p for p in tree(node) if "metrics" in p or "node_exporter" in p]
+    doc = json.loads((node / "var/lib/kubensctl/install.json").read_text())
+    assert "generated" not in doc and "dirs" not in doc
+
+
+def test_metrics_timer_name_matches_the_metrics_module() -> None:
+    from kubensctl import metrics
+
+    assert install.METRICS_TIMER == metrics.TIMER_NAME
+    assert [f.path for f in install.metrics_files()] == [
+        "/etc/systemd/system/kubensctl-metrics.service",
+        "/etc/systemd/system/kubensctl-metrics.timer",
+    ]
