@@ -41,7 +41,12 @@ demo: deps system-deps
 demo-scratch: deps
 	$(BIN)/python tools/demo_scratch.py
 
-bench: deps system-deps
+# The benchmarks plot with matplotlib (the plots extra), which the tests do not need.
+$(VENV)/.plots: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test,plots]'
+	touch $@
+
+bench: deps system-deps $(VENV)/.plots
 	$(BIN)/python benchmarks/run.py
 
 clean:
