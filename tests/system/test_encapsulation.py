@@ -7,9 +7,11 @@ commands an administrator would run on the node.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from typing import Callable, Iterator, List, Tuple
 
+import demo
 import pytest
 import testnode
 
@@ -256,3 +258,36 @@ def test_start_pins_on_every_cpu(node: testnode.Node) -> None:
             )
             assert [m for m in node.mounts() if m.mount_point == f"{rt}/mnt" and m.fstype == "nsfs"]
             node.kubensctl("stop", "--runtime-dir", rt)
+
+
+def _pid1_cpu_during_churn(node: testnode.Node, prefix: List[str], held: int = 1000, cycles: int = 300) -> float:
+    """PID 1's CPU seconds while ``prefix python3 churn`` holds ``held`` mounts and churns ``cycles`` more."""
+    node.write_file("/root/churn.py", demo.CHURN)
+    enter = ["nsenter", "-t", str(node.pid1), "-m", "-p", "-u", "-i", "--", "env", "PATH=" + testnode.NODE_PATH]
+    proc = subprocess.Popen(
+        [*enter, *prefix, "python3", "/root/churn.py", str(held), str(cycles), "0.01"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline().strip() == "held"
+    time.sleep(1.0)  # PID 1 has reacted to the held mounts; measure the churn alone
+    before = demo.cpu_ticks(node.pid1)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    float(proc.stdout.readline())
+    time.sleep(0.5)
+    used = (demo.cpu_ticks(node.pid1) - before) / demo.CLK_TCK
+    assert proc.wait(timeout=60) == 0
+    return used
+
+
+def test_pid1_cpu_through_kubensenter_is_at_most_one_percent(installed: testnode.Node) -> None:
+    """Issue 3 (7): 1000 held mounts and 300 cycles through kubensenter vs the same in PID 1's namespace."""
+    node = installed
+    shared = _pid1_cpu_during_churn(node, [])
+    encapsulated = _pid1_cpu_during_churn(node, ["kubensenter", "-q"])
+    assert shared > 0.05, f"the shared leg must cost PID 1 something measurable ({shared:.2f} s)"
+    assert encapsulated <= 0.01 * shared, f"encapsulated {encapsulated:.2f} s vs shared {shared:.2f} s"
